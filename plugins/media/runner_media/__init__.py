@@ -1,0 +1,1 @@
+"""First-party media jobs (placeholder until the plugin lands)."""

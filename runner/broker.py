@@ -1,0 +1,213 @@
+"""The transport-neutral broker contract.
+
+Two transports implement it: ``amqp://`` (RabbitMQ through pika, :mod:`runner.brokers.amqp`) and
+``sqlite://`` (the embedded single-box broker, :mod:`runner.brokers.sqlite`).  Everything above
+this module (client, worker, CLI) speaks only to :class:`Broker`, so switching the URL switches the
+transport and nothing else.
+
+The names below are part of the protocol (docs/protocol.md):
+
+* jobs are published to the topic exchange ``runner.jobs`` with routing key ``<route>.<job>``;
+* worker queues are bound to it by patterns (``default.#``); ``*`` matches one word, ``#`` zero or
+  more;
+* dead letters go to the queue ``runner.dead``;
+* replies go to the address a :class:`ReplyInbox` hands out.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+JOBS_EXCHANGE = "runner.jobs"
+DEAD_QUEUE = "runner.dead"
+EVENTS_EXCHANGE = "runner.events"
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message as it travels: a body and the properties every transport carries.
+
+    ``headers`` holds only JSON-compatible values (str, int, float, bool, None).
+    """
+
+    body: bytes
+    message_id: str
+    type: str
+    routing_key: str
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    timestamp: int | None = None
+    content_type: str = CONTENT_TYPE
+
+    def with_headers(self, **changes: Any) -> Envelope:
+        """Return a copy with some headers added or replaced."""
+        return replace(self, headers={**self.headers, **changes})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An envelope handed to a consumer; settle it exactly once with :meth:`Broker.settle`."""
+
+    envelope: Envelope
+    redelivered: bool
+    queue: str
+    tag: Any = None  # transport handle, opaque above the broker
+
+
+class Target(str, enum.Enum):
+    """Where an :class:`Outgoing` message goes when a delivery is settled."""
+
+    JOBS = "jobs"  # runner.jobs, routed by envelope.routing_key (optionally after a delay)
+    DEAD = "dead"  # the dead-letter queue
+    REPLY = "reply"  # envelope.routing_key is a reply address from a ReplyInbox
+    EVENTS = "events"  # runner.events, routed by envelope.routing_key; best effort
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish as part of settling a delivery."""
+
+    envelope: Envelope
+    target: Target
+    delay: float = 0.0
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more words."""
+    pat = pattern.split(".")
+    key = routing_key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        while i < len(pat):
+            if pat[i] == "#":
+                return any(match(i + 1, k) for k in range(j, len(key) + 1))
+            if j >= len(key) or (pat[i] != "*" and pat[i] != key[j]):
+                return False
+            i, j = i + 1, j + 1
+        return j == len(key)
+
+    return match(0, 0)
+
+
+class ReplyInbox(abc.ABC):
+    """Where a waiting client receives replies; :attr:`address` goes into ``reply_to``."""
+
+    address: str
+
+    @abc.abstractmethod
+    def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
+        """Return the reply for ``correlation_id``, or ``None`` when ``timeout`` passes."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop receiving replies."""
+
+
+class Broker(abc.ABC):
+    """The contract both transports keep.
+
+    A broker object is used by one thread, except :meth:`settle` and :meth:`stop_consuming`,
+    which are safe to call from any thread while :meth:`consume` runs.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def declare_queue(self, queue: str, bindings: Sequence[str]) -> None:
+        """Create the durable queue if needed and bind it to ``runner.jobs`` by ``bindings``."""
+
+    @abc.abstractmethod
+    def unbind(self, queue: str, binding: str) -> None:
+        """Remove one binding of a queue (missing bindings are ignored)."""
+
+    @abc.abstractmethod
+    def delete_queue(self, queue: str) -> None:
+        """Delete a queue and its messages (tests and operators only)."""
+
+    @abc.abstractmethod
+    def publish(self, envelope: Envelope, delay: float = 0.0) -> None:
+        """Publish a job durably to ``runner.jobs`` and return once the broker has it.
+
+        With ``delay`` the broker holds it that many seconds before routing it.  Raises
+        :class:`~runner.errors.UnroutableError` when no queue matches the routing key.
+        """
+
+    @abc.abstractmethod
+    def reply_inbox(self) -> ReplyInbox:
+        """Open an inbox for replies to jobs this broker object publishes."""
+
+    @abc.abstractmethod
+    def consume(
+        self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
+    ) -> None:
+        """Deliver messages of ``queue`` to ``on_delivery`` until :meth:`stop_consuming`.
+
+        Blocks the calling thread.  At most ``prefetch`` deliveries are unsettled at a time.
+        ``on_delivery`` must return quickly (hand the work to another thread).  Unsettled
+        deliveries go back to the queue when the consumer stops or dies.
+        """
+
+    @abc.abstractmethod
+    def stop_consuming(self) -> None:
+        """Make :meth:`consume` return soon; thread-safe."""
+
+    @abc.abstractmethod
+    def settle(
+        self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False
+    ) -> Future[None]:
+        """Publish ``outgoing`` (confirmed), then acknowledge ``delivery``; thread-safe.
+
+        With ``requeue`` the delivery goes back to its queue instead of being acknowledged.
+        The future fails if a publish failed; the delivery is then left unacknowledged, so the
+        broker delivers it again.
+        """
+
+    @abc.abstractmethod
+    def queue_depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting unacknowledged ones)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 1000) -> list[Envelope]:
+        """List dead-lettered envelopes, oldest first, leaving them in place."""
+
+    @abc.abstractmethod
+    def take_dead(self, message_id: str) -> Envelope | None:
+        """Remove one dead letter by message id and return it (``None`` if absent)."""
+
+    @abc.abstractmethod
+    def purge_dead(self) -> int:
+        """Remove every dead letter; return how many."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close connections; the object is unusable afterwards."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str, **options: Any) -> Broker:
+    """Open the broker that ``url`` names (``amqp://…`` or ``sqlite:///path``)."""
+    from runner.errors import ConfigError
+
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("amqp", "amqps"):
+        from runner.brokers.amqp import AmqpBroker
+
+        return AmqpBroker(url, **options)
+    if scheme == "sqlite":
+        from runner.brokers.sqlite import SqliteBroker
+
+        return SqliteBroker(url, **options)
+    raise ConfigError(f"unsupported broker URL {url!r}: use amqp://… or sqlite:///path")

@@ -1,0 +1,182 @@
+"""Settings, read once at start-up and passed down.
+
+Precedence, highest first: command-line flags > ``RUNNER_*`` environment variables >
+``runner.toml`` (or ``[tool.runner]`` in ``pyproject.toml``) in the current directory, or the
+file named by ``RUNNER_CONFIG`` > built-in defaults.  This is the only module that reads the
+environment or configuration files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from runner.errors import ConfigError
+
+ENV_PREFIX = "RUNNER_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
+
+
+def default_broker_url() -> str:
+    """The embedded broker in the user's data directory."""
+    path = Path(platformdirs.user_data_dir("runner")) / "broker.sqlite3"
+    return f"sqlite:///{path}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting runner reads. docs/configuration.md documents each one."""
+
+    broker_url: str = field(default_factory=default_broker_url)
+    queue: str = "default"
+    bindings: tuple[str, ...] = ()
+    concurrency: int = 2
+    inline_limit: int = 16 * 1024 * 1024
+    grace: float = 30.0
+    max_redeliveries: int = 5
+    wait_timeout: float | None = None
+    workdir: str = ""
+    load_plugins: tuple[str, ...] | None = None
+    trace_plugins: bool = False
+    routes: Mapping[str, str] = field(default_factory=dict)
+    jobs: Mapping[str, Any] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def effective_bindings(self) -> tuple[str, ...]:
+        return self.bindings or (f"{self.queue}.#",)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+
+_SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
+_TABLES = {"routes", "jobs"}
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge defaults, config file, environment and flags (``None`` flags are ignored)."""
+    environ = os.environ if environ is None else environ
+    cwd = cwd or Path.cwd()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    file_path, table = _find_file(environ, cwd)
+    for key, raw in table.items():
+        if key not in _SETTING_NAMES:
+            raise ConfigError(f"{file_path}: unknown setting {key!r}")
+        values[key] = _convert(key, raw, str(file_path))
+        sources[key] = str(file_path)
+
+    for key in _SETTING_NAMES:
+        env_name = ENV_PREFIX + key.upper()
+        if key not in _TABLES and env_name in environ:
+            values[key] = _convert(key, environ[env_name], env_name)
+            sources[key] = f"env {env_name}"
+
+    for key, raw in (flags or {}).items():
+        if raw is None or raw == ():
+            continue
+        if key not in _SETTING_NAMES:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _convert(key, raw, f"--{key.replace('_', '-')}")
+        sources[key] = "flag"
+
+    for key in _SETTING_NAMES:
+        sources.setdefault(key, "default")
+    settings = Settings(**values)
+    _check(settings)
+    return replace(settings, sources=sources)
+
+
+def _find_file(environ: Mapping[str, str], cwd: Path) -> tuple[Path | None, dict[str, Any]]:
+    explicit = environ.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"RUNNER_CONFIG names {path}, which is not a file")
+        return path, _read_toml(path)
+    own = cwd / "runner.toml"
+    if own.is_file():
+        return own, _read_toml(own)
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        tool = _read_toml(pyproject).get("tool", {}).get("runner")
+        if isinstance(tool, dict):
+            return pyproject, tool
+    return None, {}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """``90``, ``"90s"``, ``"1.5m"``, ``"2h"``, ``"250ms"`` -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{where}: {value!r} is not a duration like 90s, 10m or 2h")
+    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def parse_size(value: Any, where: str = "size") -> int:
+    """``1048576``, ``"512k"``, ``"16MiB"``, ``"1g"`` -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"{where}: {value!r} is not a size like 512k, 16MiB or 1g")
+    unit = (match.group(2) or "b").lower()[0]
+    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+def _convert(key: str, raw: Any, where: str) -> Any:
+    try:
+        if key in ("concurrency", "max_redeliveries"):
+            value = int(raw)
+            if value < (1 if key == "concurrency" else 0):
+                raise ValueError
+            return value
+        if key in ("grace", "wait_timeout"):
+            return parse_duration(raw, where)
+        if key == "inline_limit":
+            return parse_size(raw, where)
+        if key == "trace_plugins":
+            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
+        if key in ("bindings", "load_plugins"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(i.strip() for i in items if i.strip())
+        if key in _TABLES:
+            if not isinstance(raw, Mapping):
+                raise ValueError
+            return dict(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: invalid value {raw!r} for {key}") from None
+
+
+def _check(settings: Settings) -> None:
+    if not re.match(r"^[A-Za-z0-9_.:-]{1,200}$", settings.queue):
+        raise ConfigError(f"queue name {settings.queue!r} is not valid")
+    for route in settings.routes.values():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", str(route)):
+            raise ConfigError(f"[routes]: {route!r} is not a valid route")

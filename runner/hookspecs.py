@@ -1,0 +1,74 @@
+"""Hook specifications: the whole plugin API (documented in docs/plugins.md).
+
+Plugins implement these with ``@runner.hookimpl``.  Every argument is optional in an
+implementation: pluggy passes only the ones it names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import click
+
+    from runner.jobs import JobType
+    from runner.message import JobMessage, JobResult
+
+hookspec = pluggy.HookspecMarker("runner")
+
+
+@hookspec
+def register_jobs(register: Callable[[JobType], None]) -> None:
+    """Register job types by calling ``register(JobType(...))`` once per type."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add click commands to the ``runner`` command group."""
+
+
+@hookspec(firstresult=True)
+def route_job(job: JobType, message: JobMessage) -> str | None:
+    """Choose the route of a job being submitted; return ``None`` to leave it to others."""
+
+
+@hookspec
+def job_started(job: JobType, message: JobMessage, worker: str) -> None:
+    """A worker starts an attempt of a job."""
+
+
+@hookspec
+def job_succeeded(job: JobType, message: JobMessage, result: JobResult) -> None:
+    """An attempt succeeded; the result is published."""
+
+
+@hookspec
+def job_failed(job: JobType, message: JobMessage, result: JobResult, final: bool) -> None:
+    """An attempt failed; ``final`` tells whether it was the last one."""
+
+
+@hookspec
+def job_retrying(job: JobType, message: JobMessage, result: JobResult, delay: float) -> None:
+    """A failed attempt will be tried again after ``delay`` seconds."""
+
+
+@hookspec
+def job_dead(message: JobMessage | None, reason: str, result: JobResult | None) -> None:
+    """A message was dead-lettered: the last attempt failed, or it could not be run at all.
+
+    ``message`` is ``None`` when the message could not even be decoded.
+    """
+
+
+@hookspec
+def worker_started(worker: Any) -> None:
+    """A worker is consuming; ``worker`` exposes ``name``, ``queue``, ``bindings``."""
+
+
+@hookspec
+def worker_stopping(worker: Any) -> None:
+    """A worker stops taking jobs (SIGTERM or shutdown)."""

@@ -1,0 +1,226 @@
+"""Job types: what a plugin declares, and the registry that checks it.
+
+A job type says how it runs (an argv built from validated parameters, or a Python function run in
+a child interpreter), which parameters it takes (click parameters, so the CLI is generated), which
+of them are input files, and its timeout, retry policy, default route and sandbox profile.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.errors import JobError, PluginError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failing job is tried again.
+
+    Attributes:
+        attempts: total attempts, the first included (1 = never retry).
+        backoff: wait before the second attempt, in seconds; doubles (``multiplier``) each time.
+        max_backoff: cap of one wait.
+        multiplier: growth of the wait per attempt.
+        jitter: up to this many random seconds added to each wait.
+        retry_on_exit: exit codes that are worth another attempt; empty means every non-zero
+            code except those in ``fatal_on_exit``.
+        fatal_on_exit: exit codes that fail for good at once.
+        fatal_exceptions: exception class names (``ValueError`` or ``pkg.mod.Error``) that fail
+            a function job for good at once.
+    """
+
+    attempts: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 1.0
+    retry_on_exit: tuple[int, ...] = ()
+    fatal_on_exit: tuple[int, ...] = ()
+    fatal_exceptions: tuple[str, ...] = ()
+
+    def exit_is_retryable(self, code: int) -> bool:
+        if code in self.fatal_on_exit:
+            return False
+        return not self.retry_on_exit or code in self.retry_on_exit
+
+    def exception_is_retryable(self, exc_type: str) -> bool:
+        short = exc_type.rsplit(".", 1)[-1]
+        return exc_type not in self.fatal_exceptions and short not in self.fatal_exceptions
+
+
+@dataclass(frozen=True)
+class SandboxProfile:
+    """Limits a job runs under. ``None`` leaves a limit unset.
+
+    Attributes:
+        network: whether the job may use the network (enforced from the namespace layer on).
+        memory: address-space limit in bytes.
+        cpu_seconds: CPU time limit.
+        processes: process-count limit (RLIMIT_NPROC counts per uid, so it bites only with a
+            per-slot uid; see docs/security.md).
+        file_size: largest file the job may write, in bytes.
+        open_files: open file descriptors.
+        output_limit: bytes of stdout/stderr kept (the tail).
+    """
+
+    network: bool = False
+    memory: int | None = 2 << 30
+    cpu_seconds: int | None = None
+    processes: int | None = None
+    file_size: int | None = 1 << 30
+    open_files: int | None = 1024
+    output_limit: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running job knows about itself; a function job gets it as first argument."""
+
+    job_id: str
+    job: str
+    attempt: int
+    workdir: Path
+
+    @property
+    def in_dir(self) -> Path:
+        return self.workdir / "in"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.workdir / "out"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.workdir / "tmp"
+
+
+ArgvBuilder = Callable[[Mapping[str, Any], JobContext], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A declared job type.
+
+    Exactly one of ``argv`` (builds the command from validated params; never a shell string) or
+    ``function`` (``"package.module:function"``, called in a child interpreter as
+    ``function(ctx, **params)``) must be set.  Input-file parameters (``inputs``) arrive as paths
+    inside ``ctx.in_dir``; files the job writes to ``ctx.out_dir`` come back to the client.
+    """
+
+    name: str
+    help: str = ""
+    params: Sequence[click.Parameter] = ()
+    argv: ArgvBuilder | None = None
+    function: str | None = None
+    inputs: Sequence[str] = ()
+    timeout: float = 300.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    route: str = "default"
+    sandbox: SandboxProfile = field(default_factory=SandboxProfile)
+    plugin: str = ""
+
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params if p.name]
+
+    def validate(self, params: Mapping[str, Any], files: Mapping[str, Any]) -> dict[str, Any]:
+        """Check message params against the declaration; return converted values.
+
+        Raises :class:`JobError` naming the first bad parameter.  Input-file params must name a
+        file carried in ``files``.
+        """
+        known = {p.name: p for p in self.params if p.name}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise JobError(f"job {self.name!r} has no parameter {unknown[0]!r}")
+        ctx = click.Context(click.Command(self.name))
+        out: dict[str, Any] = {}
+        for name, param in known.items():
+            if name in self.inputs:
+                if name not in files:
+                    if param.required:
+                        raise JobError(f"job {self.name!r}: missing input file {name!r}")
+                    continue
+                out[name] = files[name].name
+                continue
+            if name not in params or params[name] is None:
+                if param.required:
+                    raise JobError(f"job {self.name!r}: missing parameter {name!r}")
+                default = param.get_default(ctx, call=True)
+                out[name] = _plain(default)
+                continue
+            try:
+                value = param.type_cast_value(ctx, params[name])
+            except click.BadParameter as exc:
+                raise JobError(f"job {self.name!r}: parameter {name!r}: {exc.message}") from exc
+            out[name] = _plain(value)
+        extra_files = sorted(set(files) - set(self.inputs))
+        if extra_files:
+            raise JobError(f"job {self.name!r} takes no input file {extra_files[0]!r}")
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly form of a converted click value."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class Registry:
+    """Job types by name, filled through the ``register_jobs`` hook."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobType] = {}
+
+    def register(self, job: JobType, plugin: str = "") -> None:
+        if not isinstance(job, JobType):
+            raise PluginError(f"plugin {plugin or '?'} registered {job!r}, not a JobType")
+        if not NAME_RE.match(job.name):
+            raise PluginError(
+                f"plugin {plugin or '?'}: job name {job.name!r} must match {NAME_RE.pattern}"
+            )
+        if not ROUTE_RE.match(job.route):
+            raise PluginError(f"plugin {plugin or '?'}: job {job.name!r} has bad route {job.route!r}")
+        if (job.argv is None) == (job.function is None):
+            raise PluginError(f"job {job.name!r} must set exactly one of argv or function")
+        missing = set(job.inputs) - set(job.param_names())
+        if missing:
+            raise PluginError(f"job {job.name!r}: inputs {sorted(missing)} are not parameters")
+        if job.name in self._jobs:
+            other = self._jobs[job.name].plugin or "?"
+            raise PluginError(
+                f"job {job.name!r} registered twice: by plugin {other} and by plugin {plugin or '?'}"
+            )
+        self._jobs[job.name] = _with_plugin(job, plugin)
+
+    def get(self, name: str) -> JobType:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise JobError(f"unknown job {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(sorted(self._jobs.values(), key=lambda j: j.name))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
+def _with_plugin(job: JobType, plugin: str) -> JobType:
+    from dataclasses import replace
+
+    return replace(job, plugin=job.plugin or plugin)

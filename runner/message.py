@@ -1,0 +1,307 @@
+"""Wire protocol v1: job and result messages, and their encoding into envelopes.
+
+The body is UTF-8 JSON; properties and headers carry what a broker or monitor needs without
+decoding the body.  docs/protocol.md describes every field, and the golden messages in
+``fixtures/messages/`` pin the exact bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from runner.broker import Envelope
+from runner.errors import MessageError
+
+PROTOCOL = 1
+H_PROTOCOL = "x-runner-protocol"
+H_ATTEMPT = "x-runner-attempt"
+H_DELIVERIES = "x-runner-deliveries"
+H_DEAD_REASON = "x-runner-dead-reason"
+H_DEAD_ERROR = "x-runner-error"
+MAX_BODY = 64 * 1024 * 1024
+MAX_NAME = 200
+MAX_PRIORITY = 9
+
+
+class JobStatus(str, enum.Enum):
+    """The final state a result reports."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileData:
+    """A file travelling inline in a message."""
+
+    name: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": len(self.data),
+            "sha256": self.sha256,
+            "data": base64.b64encode(self.data).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> FileData:
+        if not isinstance(obj, dict):
+            raise MessageError(f"{where}: expected an object")
+        name = obj.get("name")
+        check_file_name(name, where)
+        try:
+            data = base64.b64decode(obj.get("data", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise MessageError(f"{where}: data is not valid base64") from exc
+        if "sha256" in obj and hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            raise MessageError(f"{where}: sha256 does not match the data")
+        return cls(name=name, data=data)
+
+
+def check_file_name(name: Any, where: str) -> None:
+    """Refuse names that are not a plain single path component."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 255
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise MessageError(f"{where}: file name {name!r} is not a plain file name")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-submission options; they never mix with the job's own parameters."""
+
+    timeout: float | None = None
+    retries: int | None = None
+    priority: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "retries": self.retries, "priority": self.priority}
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A job as submitted: what to run, with which parameters and input files."""
+
+    job: str
+    params: Mapping[str, Any]
+    route: str = "default"
+    files: Mapping[str, FileData] = field(default_factory=dict)
+    options: JobOptions = field(default_factory=JobOptions)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 1
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.route}.{self.job}"
+
+    def next_attempt(self) -> JobMessage:
+        return replace(self, attempt=self.attempt + 1)
+
+    def to_envelope(self, reply_to: str | None = None) -> Envelope:
+        """Encode as protocol v1."""
+        body = {
+            "protocol": PROTOCOL,
+            "id": self.id,
+            "job": self.job,
+            "route": self.route,
+            "params": dict(self.params),
+            "files": {k: f.to_json() for k, f in sorted(self.files.items())},
+            "options": self.options.to_json(),
+            "created_at": self.created_at,
+        }
+        return Envelope(
+            body=_dump(body),
+            message_id=self.id,
+            type=self.job,
+            routing_key=self.routing_key,
+            headers={H_PROTOCOL: PROTOCOL, H_ATTEMPT: self.attempt},
+            priority=self.options.priority,
+            reply_to=reply_to,
+            correlation_id=self.id if reply_to else None,
+            timestamp=int(self.created_at),
+        )
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> JobMessage:
+        """Decode and validate; any problem raises :class:`MessageError` with the reason."""
+        obj = _load(env, "job")
+        if obj.get("protocol") != PROTOCOL:
+            raise MessageError(f"unsupported protocol version {obj.get('protocol')!r}")
+        job = _name(obj.get("job"), "job")
+        route = _name(obj.get("route"), "route")
+        if "." in route or "*" in route or "#" in route:
+            raise MessageError(f"route {route!r} must be one word")
+        params = obj.get("params")
+        if not isinstance(params, dict):
+            raise MessageError("params: expected an object")
+        files_obj = obj.get("files", {})
+        if not isinstance(files_obj, dict):
+            raise MessageError("files: expected an object")
+        files = {k: FileData.from_json(v, f"files.{k}") for k, v in files_obj.items()}
+        opts = obj.get("options", {})
+        if not isinstance(opts, dict):
+            raise MessageError("options: expected an object")
+        options = JobOptions(
+            timeout=_number(opts.get("timeout"), "options.timeout", positive=True),
+            retries=_int(opts.get("retries"), "options.retries", 0, 1000),
+            priority=_int(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
+        )
+        attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
+        msg_id = obj.get("id")
+        if not isinstance(msg_id, str) or not msg_id or len(msg_id) > MAX_NAME:
+            raise MessageError("id: expected a non-empty string")
+        created = _number(obj.get("created_at"), "created_at") or 0.0
+        return cls(
+            job=job,
+            params=params,
+            route=route,
+            files=files,
+            options=options,
+            id=msg_id,
+            attempt=attempt,
+            created_at=created,
+        )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a worker reports when a job is finished, successfully or for good."""
+
+    id: str
+    job: str
+    status: JobStatus
+    attempts: int
+    value: Any = None
+    outputs: tuple[FileData, ...] = ()
+    error: str | None = None
+    traceback: str | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    duration: float = 0.0
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL,
+            "id": self.id,
+            "job": self.job,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "value": self.value,
+            "outputs": [f.to_json() for f in self.outputs],
+            "error": self.error,
+            "traceback": self.traceback,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration": round(self.duration, 6),
+            "worker": self.worker,
+        }
+
+    def to_envelope(self, address: str) -> Envelope:
+        return Envelope(
+            body=_dump(self.to_json()),
+            message_id=uuid.uuid4().hex,
+            type="result",
+            routing_key=address,
+            headers={H_PROTOCOL: PROTOCOL},
+            correlation_id=self.id,
+            timestamp=int(time.time()),
+        )
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> JobResult:
+        try:
+            return cls(
+                id=obj["id"],
+                job=obj["job"],
+                status=JobStatus(obj["status"]),
+                attempts=int(obj["attempts"]),
+                value=obj.get("value"),
+                outputs=tuple(
+                    FileData.from_json(o, f"outputs[{i}]")
+                    for i, o in enumerate(obj.get("outputs", []))
+                ),
+                error=obj.get("error"),
+                traceback=obj.get("traceback"),
+                exit_code=obj.get("exit_code"),
+                stdout=obj.get("stdout", ""),
+                stderr=obj.get("stderr", ""),
+                duration=float(obj.get("duration", 0.0)),
+                worker=obj.get("worker", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"malformed result: {exc}") from exc
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> JobResult:
+        return cls.from_json(_load(env, "result"))
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def _load(env: Envelope, what: str) -> dict[str, Any]:
+    if env.content_type not in ("application/json", "", None):
+        raise MessageError(f"content type {env.content_type!r} is not application/json")
+    if len(env.body) > MAX_BODY:
+        raise MessageError(f"{what} message is larger than {MAX_BODY} bytes")
+    try:
+        obj = json.loads(env.body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"{what} message is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MessageError(f"{what} message is not a JSON object")
+    return obj
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise MessageError(f"{where}: expected a non-empty name")
+    return value
+
+
+def _number(value: Any, where: str, positive: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MessageError(f"{where}: expected a number")
+    if positive and value <= 0:
+        raise MessageError(f"{where}: must be positive")
+    return float(value)
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MessageError(f"{where}: expected an integer from {low} to {high}")
+    return value

@@ -1,0 +1,164 @@
+"""The plugin manager: built by a factory, the only place that calls ``pm.hook``.
+
+Each hook call is wrapped in a typed method of :class:`Plugins`, so the rest of runner never
+touches pluggy directly.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import pluggy
+
+from runner import hookspecs
+from runner.errors import PluginError
+from runner.jobs import JobType, Registry
+from runner.message import JobMessage, JobResult
+
+log = logging.getLogger(__name__)
+GROUP = "runner"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    package: str
+    version: str
+    jobs: tuple[str, ...]
+
+
+class Plugins:
+    """Loaded plugins, the job registry they filled, and typed hook calls."""
+
+    def __init__(self, pm: pluggy.PluginManager, errors: list[str]) -> None:
+        self.pm = pm
+        self.errors = errors
+        self.jobs = Registry()
+        self._job_plugin: dict[str, str] = {}
+        for impl in pm.hook.register_jobs.get_hookimpls():
+            name = impl.plugin_name
+
+            def register(job: JobType, _plugin: str = name) -> None:
+                self.jobs.register(job, _plugin)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # a broken plugin must not take the others down
+                self.errors.append(f"plugin {name}: register_jobs failed: {exc}")
+
+    def info(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            dist = self.pm.get_plugin(name) and _dist_of(self.pm, plugin)
+            jobs = tuple(j.name for j in self.jobs if j.plugin == name)
+            out.append(
+                PluginInfo(
+                    name=name,
+                    package=dist[0] if dist else "",
+                    version=dist[1] if dist else "",
+                    jobs=jobs,
+                )
+            )
+        return sorted(out, key=lambda p: p.name)
+
+    # --- typed hook calls -------------------------------------------------------------------
+    def register_commands(self, cli: click.Group) -> None:
+        self.pm.hook.register_commands(cli=cli)
+
+    def route_job(self, job: JobType, message: JobMessage) -> str | None:
+        result: str | None = self.pm.hook.route_job(job=job, message=message)
+        return result
+
+    def job_started(self, job: JobType, message: JobMessage, worker: str) -> None:
+        self._observe("job_started", job=job, message=message, worker=worker)
+
+    def job_succeeded(self, job: JobType, message: JobMessage, result: JobResult) -> None:
+        self._observe("job_succeeded", job=job, message=message, result=result)
+
+    def job_failed(
+        self, job: JobType, message: JobMessage, result: JobResult, final: bool
+    ) -> None:
+        self._observe("job_failed", job=job, message=message, result=result, final=final)
+
+    def job_retrying(
+        self, job: JobType, message: JobMessage, result: JobResult, delay: float
+    ) -> None:
+        self._observe("job_retrying", job=job, message=message, result=result, delay=delay)
+
+    def job_dead(
+        self, message: JobMessage | None, reason: str, result: JobResult | None
+    ) -> None:
+        self._observe("job_dead", message=message, reason=reason, result=result)
+
+    def worker_started(self, worker: Any) -> None:
+        self._observe("worker_started", worker=worker)
+
+    def worker_stopping(self, worker: Any) -> None:
+        self._observe("worker_stopping", worker=worker)
+
+    def _observe(self, hook: str, **kwargs: Any) -> None:
+        """Observers never break the job path: their errors are logged, not raised."""
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+        except Exception:
+            log.exception("a %s hook implementation failed", hook)
+
+
+def make_plugins(
+    load: Iterable[str] | None = None,
+    trace: bool = False,
+    extra: Iterable[object] = (),
+) -> Plugins:
+    """Build a plugin manager from the ``runner`` entry points.
+
+    Args:
+        load: names of entry points to load (``RUNNER_LOAD_PLUGINS``); ``None`` loads all, an
+            empty list none.
+        trace: log every hook call (``RUNNER_TRACE_PLUGINS``).
+        extra: plugin objects registered directly (tests, embedding applications).
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    errors: list[str] = []
+    wanted = None if load is None else set(load)
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        if wanted is not None and ep.name not in wanted:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        pkg = ep.dist.name if ep.dist else ep.value
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            errors.append(f"plugin {ep.name} (package {pkg}) failed to load: {exc}")
+            continue
+    if wanted:
+        found = {ep.name for ep in importlib.metadata.entry_points(group=GROUP)}
+        errors.extend(f"plugin {name} is not installed" for name in sorted(wanted - found))
+    for i, plugin in enumerate(extra):
+        pm.register(plugin, name=getattr(plugin, "__name__", None) or f"extra-{i}")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin}: {exc}") from exc
+    if trace:
+        pm.trace.root.setwriter(lambda msg: log.info("hook: %s", msg.rstrip()))
+        pm.enable_tracing()
+    plugins = Plugins(pm, errors)
+    for err in errors:
+        log.error("%s", err)
+    return plugins
+
+
+def _dist_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str] | None:
+    for p, dist in pm.list_plugin_distinfo():
+        if p is plugin:
+            return dist.project_name, dist.version
+    return None
