@@ -157,7 +157,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def stop_consuming(self) -> None:
-        """Make :meth:`consume` return soon; thread-safe."""
+        """Stop handing out new deliveries; thread-safe.
+
+        :meth:`consume` keeps serving :meth:`settle` calls (and renewing leases) for the
+        deliveries it already handed out, and returns once all of them are settled.
+        """
 
     @abc.abstractmethod
     def settle(

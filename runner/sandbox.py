@@ -1,0 +1,175 @@
+"""Running one job process, contained.
+
+The basic layer (DESIGN §7.1), always on: the job gets its own session and process group (the
+whole tree is killed on timeout: SIGTERM, a grace period, then SIGKILL, and any process the job
+left behind is killed when it exits), a parent-death signal, rlimits, a scrubbed environment,
+a private work directory, stdin closed and output captured to files with a size cap.
+
+No Python code runs between fork and exec in the (multithreaded) worker: limits and the
+parent-death signal are applied by an exec chain of util-linux tools (``prlimit`` then
+``setpriv``), and the session is created by :class:`subprocess.Popen` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import RunnerError
+from runner.jobs import SandboxProfile
+
+log = logging.getLogger(__name__)
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+PASSED_ENV = ("PYTHONPATH", "LANG", "TZ")
+
+
+@dataclass(frozen=True)
+class Completed:
+    """How a job process ended."""
+
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None
+    timed_out: bool
+    cancelled: bool
+    stdout: str
+    stderr: str
+    duration: float
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=SAFE_PATH) or shutil.which(name)
+    if not path:
+        raise RunnerError(f"{name} (util-linux) is required by the sandbox but was not found")
+    return path
+
+
+def limit_chain(profile: SandboxProfile) -> list[str]:
+    """The exec chain that applies rlimits and the parent-death signal before the job runs."""
+    limits = ["--core=0"]
+    for flag, value in (
+        ("as", profile.memory),
+        ("cpu", profile.cpu_seconds),
+        ("nproc", profile.processes),
+        ("fsize", profile.file_size),
+        ("nofile", profile.open_files),
+    ):
+        if value is not None:
+            limits.append(f"--{flag}={value}")
+    return [_tool("prlimit"), *limits, "--", _tool("setpriv"), "--pdeathsig", "KILL", "--"]
+
+
+def job_environment(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: nothing of the worker's (broker URLs, keys) leaks into a job."""
+    env = {"PATH": SAFE_PATH, "HOME": str(home), "TMPDIR": str(home), "LANG": "C.UTF-8"}
+    for name in PASSED_ENV:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(extra or {})
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    logs: Path,
+    profile: SandboxProfile,
+    timeout: float,
+    grace: float = 5.0,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    cancel: threading.Event | None = None,
+) -> Completed:
+    """Run ``argv`` in the sandbox and wait for it, at most ``timeout`` seconds.
+
+    ``logs`` is a directory outside the job's reach where stdout and stderr are captured.
+    Setting ``cancel`` ends the job early the same way a timeout does.
+    """
+    chain = [*limit_chain(profile), *argv]
+    log.debug("exec %s", chain)
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / "stdout", logs / "stderr"
+    started = time.monotonic()
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            chain,
+            cwd=cwd,
+            env=dict(env) if env is not None else job_environment(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=tuple(pass_fds),
+        )
+    timed_out = cancelled = False
+    deadline = started + timeout
+    # A pidfd turns readable when the job exits but before it is reaped, so its process group
+    # id cannot be reused while we sweep the group below.
+    pidfd = os.pidfd_open(proc.pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            step = min(remaining, 0.25) if cancel is not None else remaining
+            if poller.poll(step * 1000):
+                break
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+        if timed_out or cancelled:
+            _terminate(proc, poller, grace)
+        # Anything the job left running in its process group goes too.
+        _killpg(proc.pid, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+        proc.wait()
+    code = proc.returncode
+    return Completed(
+        exit_code=code if code >= 0 else None,
+        signal=-code if code < 0 else None,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        stdout=tail(out_path, profile.output_limit),
+        stderr=tail(err_path, profile.output_limit),
+        duration=time.monotonic() - started,
+    )
+
+
+def _terminate(proc: subprocess.Popen[bytes], poller: select.poll, grace: float) -> None:
+    _killpg(proc.pid, signal.SIGTERM)
+    if not poller.poll(grace * 1000):
+        _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path: Path, limit: int) -> str:
+    """The last ``limit`` bytes of a file, decoded leniently."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return ("…" + text) if size > limit else text
