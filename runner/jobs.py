@@ -19,6 +19,11 @@ from runner.errors import JobError, PluginError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Options every generated `runner submit <job>` command has; job parameters may not take them.
+RESERVED_FLAGS = frozenset(
+    {"--route", "--wait", "--timeout", "--retries", "--delay", "--priority", "--json",
+     "--output-dir", "--wait-timeout", "--help"}
+)
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,12 @@ class Registry:
         missing = set(job.inputs) - set(job.param_names())
         if missing:
             raise PluginError(f"job {job.name!r}: inputs {sorted(missing)} are not parameters")
+        for param in job.params:
+            clash = RESERVED_FLAGS.intersection(getattr(param, "opts", ()))
+            if clash:
+                raise PluginError(
+                    f"job {job.name!r}: option {sorted(clash)[0]} is reserved for every job"
+                )
         if job.name in self._jobs:
             other = self._jobs[job.name].plugin or "?"
             raise PluginError(

@@ -35,9 +35,15 @@ class PluginInfo:
 class Plugins:
     """Loaded plugins, the job registry they filled, and typed hook calls."""
 
-    def __init__(self, pm: pluggy.PluginManager, errors: list[str]) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        errors: list[str],
+        dists: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.pm = pm
         self.errors = errors
+        self.dists = dists or {}
         self.jobs = Registry()
         self._job_plugin: dict[str, str] = {}
         for impl in pm.hook.register_jobs.get_hookimpls():
@@ -55,8 +61,8 @@ class Plugins:
 
     def info(self) -> list[PluginInfo]:
         out = []
-        for name, plugin in self.pm.list_name_plugin():
-            dist = self.pm.get_plugin(name) and _dist_of(self.pm, plugin)
+        for name, _plugin in self.pm.list_name_plugin():
+            dist = self.dists.get(name)
             jobs = tuple(j.name for j in self.jobs if j.plugin == name)
             out.append(
                 PluginInfo(
@@ -127,6 +133,7 @@ def make_plugins(
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     errors: list[str] = []
+    dists: dict[str, tuple[str, str]] = {}
     wanted = None if load is None else set(load)
     for ep in importlib.metadata.entry_points(group=GROUP):
         if wanted is not None and ep.name not in wanted:
@@ -136,6 +143,8 @@ def make_plugins(
         pkg = ep.dist.name if ep.dist else ep.value
         try:
             pm.register(ep.load(), name=ep.name)
+            if ep.dist:
+                dists[ep.name] = (ep.dist.name, ep.dist.version)
         except Exception as exc:
             errors.append(f"plugin {ep.name} (package {pkg}) failed to load: {exc}")
             continue
@@ -151,14 +160,7 @@ def make_plugins(
     if trace:
         pm.trace.root.setwriter(lambda msg: log.info("hook: %s", msg.rstrip()))
         pm.enable_tracing()
-    plugins = Plugins(pm, errors)
+    plugins = Plugins(pm, errors, dists)
     for err in errors:
         log.error("%s", err)
     return plugins
-
-
-def _dist_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str] | None:
-    for p, dist in pm.list_plugin_distinfo():
-        if p is plugin:
-            return dist.project_name, dist.version
-    return None

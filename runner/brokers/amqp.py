@@ -1,0 +1,501 @@
+"""RabbitMQ transport (pika). The only module that imports pika.
+
+Topology (docs/protocol.md):
+
+* ``runner.jobs``: durable topic exchange; jobs are published ``mandatory`` with publisher
+  confirms, so an unroutable job is an error at submit time, not a silent drop;
+* worker queues: durable, ``x-max-priority`` (classic) or quorum, dead-lettering to
+  ``runner.dead``;
+* ``runner.delay.<queue>.<ms>``: delay queues with a message TTL that dead-letter back into
+  ``<queue>`` through the default exchange.  A delayed job is first routed (so routing errors
+  surface at once) and carries ``x-runner-not-before``; the consumer parks it in a delay queue
+  instead of delivering it, so no worker ever holds a delayed message in memory;
+* ``runner.dead``: durable queue of dead letters;
+* results: direct reply-to (``amq.rabbitmq.reply-to``).
+
+One connection per broker object.  pika is not thread-safe: :meth:`AmqpBroker.settle`, called
+from job slot threads, hands its work to the connection's thread with
+``add_callback_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from runner.broker import (
+    DEAD_QUEUE,
+    EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
+    Broker,
+    Delivery,
+    Envelope,
+    Outgoing,
+    ReplyInbox,
+    Target,
+)
+from runner.errors import BrokerError, UnroutableError
+from runner.retry import retrying_call
+
+log = logging.getLogger(__name__)
+H_NOT_BEFORE = "x-runner-not-before"  # epoch milliseconds
+H_DELIVERIES = "x-runner-deliveries"
+REPLY_TO = "amq.rabbitmq.reply-to"
+MAX_TTL_MS = 2**31 - 1
+CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, OSError)
+
+
+class StaleDelivery(BrokerError):
+    """The connection a delivery came on is gone; the broker delivers the message again."""
+
+
+@dataclass(frozen=True)
+class _Tag:
+    delivery_tag: int
+    generation: int
+
+
+def delay_bucket_ms(delay: float) -> int:
+    """Round a delay to two significant figures, so retries with jitter share few queues."""
+    ms = max(1, int(delay * 1000))
+    digits = len(str(ms))
+    if digits <= 2:
+        return ms
+    scale = 10 ** (digits - 2)
+    return min(MAX_TTL_MS, round(ms / scale) * scale)
+
+
+class AmqpBroker(Broker):
+    """:class:`~runner.broker.Broker` over RabbitMQ.
+
+    Args:
+        url: ``amqp://user:pass@host:port/vhost``.
+        connect_for: seconds to keep retrying the first connect (``None``: forever).
+        max_redeliveries: deliveries without a settle before a message is dead-lettered.
+        queue_type: ``classic`` (with priorities) or ``quorum``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        connect_for: float | None = 10.0,
+        max_redeliveries: int = 5,
+        queue_type: str = "classic",
+        heartbeat: int = 30,
+    ) -> None:
+        self.url = url
+        self._params = pika.URLParameters(url)
+        self._params.heartbeat = heartbeat
+        self._params.blocked_connection_timeout = 300
+        self._connect_for = connect_for
+        self._max_redeliveries = max_redeliveries
+        self._queue_type = queue_type
+        self._conn: BlockingConnection | None = None
+        self._ch: BlockingChannel | None = None
+        self._generation = 0
+        self._declared: dict[str, tuple[str, ...]] = {}
+        self._delay_declared: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._unsettled = 0
+        self._replies: dict[str, Envelope] = {}
+
+    # --- connection -------------------------------------------------------------------------
+    def _channel(self) -> BlockingChannel:
+        if self._ch is None or not self._ch.is_open:
+            self._reconnect(self._connect_for)
+        assert self._ch is not None
+        return self._ch
+
+    def _reconnect(self, give_up_after: float | None) -> None:
+        self._drop_connection()
+
+        def attempt() -> BlockingConnection:
+            try:
+                return BlockingConnection(self._params)
+            except pe.ProbableAuthenticationError as exc:
+                raise BrokerError(f"RabbitMQ refused the credentials in {self._safe_url}") from exc
+
+        try:
+            conn = retrying_call(
+                attempt, CONNECTION_ERRORS, f"connect to {self._safe_url}", 10.0, give_up_after
+            )
+        except CONNECTION_ERRORS as exc:
+            raise BrokerError(f"cannot connect to RabbitMQ at {self._safe_url}: {exc}") from exc
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.exchange_declare(JOBS_EXCHANGE, "topic", durable=True)
+        ch.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True)
+        ch.queue_declare(DEAD_QUEUE, durable=True)
+        self._conn, self._ch = conn, ch
+        self._generation += 1
+        self._delay_declared.clear()
+        self._replies.clear()
+        for queue, bindings in self._declared.items():
+            self._declare(queue, bindings)
+
+    @property
+    def _safe_url(self) -> str:
+        p = self._params
+        return f"amqp://{p.host}:{p.port}/{p.virtual_host.lstrip('/')}"
+
+    def _drop_connection(self) -> None:
+        conn, self._conn, self._ch = self._conn, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing to tidy
+                pass
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    # --- topology ---------------------------------------------------------------------------
+    def _queue_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": DEAD_QUEUE,
+        }
+        if self._queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+        else:
+            args["x-max-priority"] = 9
+        return args
+
+    def _declare(self, queue: str, bindings: Sequence[str]) -> None:
+        ch = self._channel()
+        ch.queue_declare(queue, durable=True, arguments=self._queue_args())
+        for pattern in bindings:
+            ch.queue_bind(queue, JOBS_EXCHANGE, routing_key=pattern)
+
+    def declare_queue(self, queue: str, bindings: Sequence[str]) -> None:
+        self._translate(lambda: self._declare(queue, bindings))
+        known = self._declared.get(queue, ())
+        self._declared[queue] = tuple(dict.fromkeys([*known, *bindings]))
+
+    def unbind(self, queue: str, binding: str) -> None:
+        self._translate(lambda: self._channel().queue_unbind(queue, JOBS_EXCHANGE, binding))
+        self._declared[queue] = tuple(b for b in self._declared.get(queue, ()) if b != binding)
+
+    def delete_queue(self, queue: str) -> None:
+        self._translate(lambda: self._channel().queue_delete(queue))
+        self._declared.pop(queue, None)
+
+    def queue_depth(self, queue: str) -> int:
+        def passive() -> int:
+            frame = self._channel().queue_declare(queue, passive=True)
+            return int(frame.method.message_count)
+
+        return self._translate(passive)
+
+    def _delay_queue(self, queue: str, delay: float) -> str:
+        ms = delay_bucket_ms(delay)
+        name = f"runner.delay.{queue}.{ms}"
+        expires = ms + 600_000
+        last = self._delay_declared.get(name)
+        # Re-declaring resets x-expires; the queue outlives its last message by ten minutes.
+        if last is None or time.monotonic() - last > expires / 2000:
+            self._channel().queue_declare(
+                name,
+                durable=True,
+                arguments={
+                    "x-message-ttl": ms,
+                    "x-expires": min(expires, MAX_TTL_MS),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue,
+                },
+            )
+            self._delay_declared[name] = time.monotonic()
+        return name
+
+    # --- publishing -------------------------------------------------------------------------
+    @staticmethod
+    def _props(env: Envelope, **headers: Any) -> pika.BasicProperties:
+        return pika.BasicProperties(
+            content_type=env.content_type,
+            delivery_mode=2,
+            message_id=env.message_id,
+            type=env.type,
+            priority=env.priority,
+            reply_to=env.reply_to,
+            correlation_id=env.correlation_id,
+            timestamp=env.timestamp,
+            headers={**env.headers, **headers},
+        )
+
+    def _publish_raw(
+        self, exchange: str, key: str, env: Envelope, mandatory: bool, **headers: Any
+    ) -> None:
+        try:
+            self._channel().basic_publish(
+                exchange, key, env.body, self._props(env, **headers), mandatory=mandatory
+            )
+        except pe.UnroutableError:
+            raise UnroutableError(key) from None
+        except pe.NackError as exc:
+            raise BrokerError(f"RabbitMQ refused message {env.message_id}: {exc}") from exc
+
+    def publish(self, envelope: Envelope, delay: float = 0.0) -> None:
+        extra = {}
+        if delay > 0:
+            extra[H_NOT_BEFORE] = int((time.time() + delay) * 1000)
+        self._translate(
+            lambda: self._publish_raw(
+                JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra
+            ),
+            retry=True,
+        )
+
+    def _translate(self, fn: Callable[[], Any], retry: bool = False) -> Any:
+        """Run a channel operation; map pika errors to BrokerError (one reconnect if asked)."""
+        for tries in (1, 2):
+            try:
+                return fn()
+            except CONNECTION_ERRORS as exc:
+                if retry and tries == 1:
+                    log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
+                    self._drop_connection()
+                    continue
+                raise BrokerError(f"RabbitMQ connection failed: {exc}") from exc
+            except pe.ChannelClosedByBroker as exc:
+                self._ch = None
+                raise BrokerError(f"RabbitMQ refused: {exc.reply_text}") from exc
+        raise AssertionError("unreachable")
+
+    def reply_inbox(self) -> ReplyInbox:
+        return _AmqpInbox(self)
+
+    # --- consuming --------------------------------------------------------------------------
+    def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
+        self._stopping.clear()
+        while True:
+            try:
+                self._consume_once(queue, prefetch, on_delivery)
+                return
+            except CONNECTION_ERRORS + (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
+                if self._stopping.is_set():
+                    log.info("connection lost while stopping (%s); unsettled jobs requeue", exc)
+                    return
+                log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
+                self._unsettled = 0  # their deliveries are void; the broker requeues them
+                self._reconnect(give_up_after=None)
+
+    def _consume_once(
+        self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
+    ) -> None:
+        ch = self._channel()
+        ch.basic_qos(prefetch_count=prefetch)
+        generation = self._generation
+
+        def on_message(
+            _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
+        ) -> None:
+            env = Envelope(
+                body=body,
+                message_id=props.message_id or "",
+                type=props.type or "",
+                routing_key=method.routing_key,
+                headers=dict(props.headers or {}),
+                priority=props.priority or 0,
+                reply_to=props.reply_to,
+                correlation_id=props.correlation_id,
+                timestamp=props.timestamp,
+                content_type=props.content_type or "",
+            )
+            if self._divert(queue, method, env):
+                return
+            self._unsettled += 1
+            tag = _Tag(method.delivery_tag, generation)
+            on_delivery(Delivery(env, bool(method.redelivered), queue, tag))
+
+        consumer_tag = ch.basic_consume(queue, on_message)
+        cancelled = False
+        while True:
+            self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
+            if self._stopping.is_set():
+                if not cancelled:
+                    ch.basic_cancel(consumer_tag)
+                    cancelled = True
+                if self._unsettled <= 0:
+                    return
+
+    def _divert(self, queue: str, method: Any, env: Envelope) -> bool:
+        """Park a not-yet-due message in a delay queue, or dead-letter a crash loop.
+
+        Runs in the connection thread; returns True when the message is dealt with here.
+        """
+        ch = self._ch
+        assert ch is not None
+        not_before = env.headers.get(H_NOT_BEFORE)
+        if isinstance(not_before, int):
+            remaining = not_before / 1000 - time.time()
+            if remaining > 0.05:
+                name = self._delay_queue(queue, min(remaining, MAX_TTL_MS / 1000))
+                self._publish_raw("", name, env, True)
+                ch.basic_ack(method.delivery_tag)
+                return True
+        if method.redelivered:
+            count = int(env.headers.get(H_DELIVERIES, 0)) + 1
+            if count > self._max_redeliveries:
+                reason = f"delivered {count} times without finishing; it may crash workers"
+                dead = env.with_headers(**{"x-runner-dead-reason": reason})
+                self._publish_raw("", DEAD_QUEUE, dead, True)
+            else:
+                # Classic queues do not count deliveries: count in a header on a fresh copy.
+                self._publish_raw("", queue, env.with_headers(**{H_DELIVERIES: count}), True)
+            ch.basic_ack(method.delivery_tag)
+            return True
+        return False
+
+    def stop_consuming(self) -> None:
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            try:
+                conn.add_callback_threadsafe(lambda: None)
+            except Exception:  # connection closing: the loop notices on its own
+                pass
+
+    def settle(
+        self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False
+    ) -> Future[None]:
+        future: Future[None] = Future()
+        tag: _Tag = delivery.tag
+
+        def work() -> None:
+            try:
+                if tag.generation != self._generation or self._ch is None:
+                    raise StaleDelivery(
+                        f"the connection of delivery {delivery.envelope.message_id} was lost; "
+                        "RabbitMQ delivers it again"
+                    )
+                for out in outgoing:
+                    self._send(delivery.queue, out)
+                if requeue:
+                    # A fresh copy, so that a deliberate requeue (shutdown) is not counted as a
+                    # crash the way a redelivery would be.
+                    self._publish_raw("", delivery.queue, delivery.envelope, True)
+                self._ch.basic_ack(tag.delivery_tag)
+                self._unsettled -= 1
+                future.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 - reported through the future
+                future.set_exception(exc)
+
+        conn = self._conn
+        try:
+            if conn is None:
+                raise StaleDelivery("not connected")
+            conn.add_callback_threadsafe(work)
+        except Exception as exc:
+            future.set_exception(StaleDelivery(f"cannot settle: {exc}"))
+        return future
+
+    def _send(self, queue: str, out: Outgoing) -> None:
+        env = out.envelope
+        if out.target is Target.JOBS:
+            if out.delay > 0:
+                self._publish_raw("", self._delay_queue(queue, out.delay), env, True)
+            else:
+                self._publish_raw(JOBS_EXCHANGE, env.routing_key, env, True)
+        elif out.target is Target.DEAD:
+            self._publish_raw("", DEAD_QUEUE, env, True)
+        elif out.target is Target.REPLY:
+            # Not mandatory: a client that stopped waiting is not an error.
+            self._publish_raw("", env.routing_key, env, False)
+        else:
+            self._publish_raw(EVENTS_EXCHANGE, env.routing_key, env, False)
+
+    # --- dead letters -----------------------------------------------------------------------
+    def _scan_dead(self, take: str | None, limit: int) -> tuple[list[Envelope], Envelope | None]:
+        """Read dead letters on a throwaway channel; closing it puts them back unchanged."""
+        ch = self._channel().connection.channel()
+        seen: list[Envelope] = []
+        taken = None
+        try:
+            while len(seen) < limit:
+                method, props, body = ch.basic_get(DEAD_QUEUE)
+                if method is None:
+                    break
+                env = Envelope(
+                    body=body,
+                    message_id=props.message_id or "",
+                    type=props.type or "",
+                    routing_key=method.routing_key,
+                    headers=dict(props.headers or {}),
+                    priority=props.priority or 0,
+                    reply_to=None,
+                    correlation_id=props.correlation_id,
+                    timestamp=props.timestamp,
+                    content_type=props.content_type or "",
+                )
+                if take is not None and env.message_id == take:
+                    ch.basic_ack(method.delivery_tag)
+                    taken = env
+                    break
+                seen.append(env)
+        finally:
+            ch.close()
+        return seen, taken
+
+    def dead_letters(self, limit: int = 1000) -> list[Envelope]:
+        return self._translate(lambda: self._scan_dead(None, limit)[0])
+
+    def take_dead(self, message_id: str) -> Envelope | None:
+        return self._translate(lambda: self._scan_dead(message_id, 10**9)[1])
+
+    def purge_dead(self) -> int:
+        return self._translate(lambda: int(self._channel().queue_purge(DEAD_QUEUE).method.message_count))
+
+
+class _AmqpInbox(ReplyInbox):
+    """Direct reply-to on the broker's own channel (RabbitMQ requires the same channel)."""
+
+    def __init__(self, broker: AmqpBroker) -> None:
+        self.broker = broker
+        self.address = REPLY_TO
+        self._ch = broker._channel()
+
+        def on_reply(_ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
+            if props.correlation_id:
+                broker._replies[props.correlation_id] = Envelope(
+                    body=body,
+                    message_id=props.message_id or "",
+                    type=props.type or "",
+                    routing_key=REPLY_TO,
+                    headers=dict(props.headers or {}),
+                    correlation_id=props.correlation_id,
+                    content_type=props.content_type or "",
+                )
+
+        self._tag = self._ch.basic_consume(REPLY_TO, on_reply, auto_ack=True)
+
+    def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = self._ch.connection
+        while correlation_id not in self.broker._replies:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                conn.process_data_events(time_limit=min(left, 1.0))
+            except CONNECTION_ERRORS as exc:
+                raise BrokerError(
+                    f"lost the connection to RabbitMQ while waiting for job {correlation_id}; "
+                    f"the job itself is safe: check it with `runner dead list` or resubmit ({exc})"
+                ) from exc
+        return self.broker._replies.pop(correlation_id)
+
+    def close(self) -> None:
+        if self._ch.is_open:
+            try:
+                self._ch.basic_cancel(self._tag)
+            except Exception:
+                pass

@@ -1,0 +1,253 @@
+"""Storage for the embedded broker: the database file, its schema, rows <-> envelopes, wake-ups.
+
+Kept apart from :mod:`runner.brokers.sqlite` so that the broker module reads as the protocol
+(claim, lease, settle) and this one as the plumbing underneath it.
+
+Tables (schema version 1, ``PRAGMA user_version``):
+
+* ``queues`` and ``bindings``: worker queues and their topic patterns on ``runner.jobs``;
+* ``messages``: one row per copy of a job in a queue, with ``visible_at`` (delays),
+  ``rank`` (priority clamped to 0..9), and a lease (``lease_owner``, ``lease_token``,
+  ``lease_until``) while a consumer holds it; ``deliveries`` counts hand-outs never settled;
+* ``dead``: the dead letters (``runner.dead``);
+* ``inboxes`` and ``replies``: open reply addresses and the replies waiting in them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.broker import Envelope, topic_matches
+from runner.errors import BrokerError, ConfigError
+
+SCHEMA_VERSION = 1
+MAX_PRIORITY = 9
+SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
+
+# The envelope as columns, in Envelope field order; shared by messages, dead and replies.
+ENVELOPE_COLUMNS = (
+    "body",
+    "message_id",
+    "type",
+    "routing_key",
+    "headers",
+    "priority",
+    "reply_to",
+    "correlation_id",
+    "timestamp",
+    "content_type",
+)
+_ENVELOPE_DDL = """
+    body BLOB NOT NULL,
+    message_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    reply_to TEXT,
+    correlation_id TEXT,
+    timestamp INTEGER,
+    content_type TEXT NOT NULL
+"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS bindings (
+    queue TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY (queue, pattern));
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    visible_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_until REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    {_ENVELOPE_DDL});
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, rank DESC, visible_at, id);
+CREATE INDEX IF NOT EXISTS messages_owner ON messages (lease_owner);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, dead_at REAL NOT NULL, {_ENVELOPE_DDL});
+CREATE INDEX IF NOT EXISTS dead_message_id ON dead (message_id);
+CREATE TABLE IF NOT EXISTS inboxes (address TEXT PRIMARY KEY, opened_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS replies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, {_ENVELOPE_DDL});
+CREATE INDEX IF NOT EXISTS replies_address ON replies (address, correlation_id);
+"""
+
+
+def database_path(url: str) -> Path:
+    """The absolute file path a ``sqlite:///absolute/path`` URL names.
+
+    Four slashes (``sqlite:////abs``, what ``f"sqlite:///{abs_path}"`` yields) mean the same.
+    """
+    parts = urllib.parse.urlsplit(url)
+    raw = urllib.parse.unquote(parts.path)
+    if parts.scheme.lower() != "sqlite" or parts.netloc or parts.query or not raw.startswith("/"):
+        raise ConfigError(
+            f"bad sqlite broker URL {url!r}: use sqlite:///absolute/path/broker.sqlite3"
+        )
+    return Path("/" + raw.lstrip("/"))
+
+
+def open_database(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """Open (creating if needed) the broker file in WAL mode, with the schema in place.
+
+    The file is created readable by its owner only: jobs may carry private data.
+    """
+    if synchronous.upper() not in SYNCHRONOUS_MODES:
+        raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise BrokerError(f"cannot open the sqlite broker at {path}: {exc}") from exc
+    try:
+        # WAL: readers never block the writer, and a commit is one append to the log.
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise BrokerError(f"{path}: the file system does not support WAL mode ({mode})")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise BrokerError(f"{path} was created by a newer runner (schema {version})")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        db.close()
+        raise BrokerError(f"cannot prepare the sqlite broker at {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def envelope_values(env: Envelope) -> tuple[Any, ...]:
+    """The envelope as a row, in :data:`ENVELOPE_COLUMNS` order."""
+    return (
+        bytes(env.body),
+        env.message_id,
+        env.type,
+        env.routing_key,
+        json.dumps(dict(env.headers), separators=(",", ":")),
+        int(env.priority),
+        env.reply_to,
+        env.correlation_id,
+        env.timestamp,
+        env.content_type,
+    )
+
+
+def row_envelope(row: Sequence[Any]) -> Envelope:
+    """Rebuild an envelope from a row in :data:`ENVELOPE_COLUMNS` order."""
+    body, message_id, type_, key, headers, priority, reply_to, corr, stamp, ctype = row
+    return Envelope(
+        body=bytes(body),
+        message_id=message_id,
+        type=type_,
+        routing_key=key,
+        headers=json.loads(headers),
+        priority=priority,
+        reply_to=reply_to,
+        correlation_id=corr,
+        timestamp=stamp,
+        content_type=ctype,
+    )
+
+
+_COLS = ", ".join(ENVELOPE_COLUMNS)
+_MARKS = ", ".join("?" * len(ENVELOPE_COLUMNS))
+ENVELOPE_SQL = _COLS  # for SELECTs whose rows go to row_envelope()
+
+
+def route(db: sqlite3.Connection, routing_key: str) -> list[str]:
+    """Queues bound to ``routing_key`` on ``runner.jobs`` (each once, however many bindings)."""
+    rows = db.execute("SELECT queue, pattern FROM bindings").fetchall()
+    return sorted({queue for queue, pattern in rows if topic_matches(pattern, routing_key)})
+
+
+def insert_message(db: sqlite3.Connection, queue: str, env: Envelope, visible_at: float) -> None:
+    """Add one copy of ``env`` to ``queue``, deliverable from ``visible_at`` (epoch seconds)."""
+    rank = max(0, min(MAX_PRIORITY, int(env.priority)))
+    db.execute(
+        f"INSERT INTO messages (queue, rank, visible_at, {_COLS}) VALUES (?, ?, ?, {_MARKS})",
+        (queue, rank, visible_at, *envelope_values(env)),
+    )
+
+
+def insert_dead(db: sqlite3.Connection, env: Envelope, now: float) -> None:
+    """Add ``env`` to the dead letters."""
+    db.execute(
+        f"INSERT INTO dead (dead_at, {_COLS}) VALUES (?, {_MARKS})", (now, *envelope_values(env))
+    )
+
+
+def insert_reply(db: sqlite3.Connection, env: Envelope) -> bool:
+    """Store a reply for the open inbox at ``env.routing_key``; False if no inbox is open there.
+
+    Like RabbitMQ's direct reply-to, a reply to a client that stopped waiting is dropped.
+    """
+    address = env.routing_key
+    if db.execute("SELECT 1 FROM inboxes WHERE address = ?", (address,)).fetchone() is None:
+        return False
+    db.execute(
+        f"INSERT INTO replies (address, {_COLS}) VALUES (?, {_MARKS})",
+        (address, *envelope_values(env)),
+    )
+    return True
+
+
+class Signal:
+    """Wakes the waiters of one database file in this process when something changes.
+
+    Waiters note :attr:`generation` before looking, then :meth:`wait` for it to move, so a
+    change made between the look and the wait is never missed.  Other processes are not
+    signalled: their waiters find changes by polling.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def notify(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a change after ``seen``; True if one came."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._generation != seen, max(0.0, timeout))
+
+
+_signals: dict[str, Signal] = {}
+_signals_lock = threading.Lock()
+
+
+def signal_for(path: Path) -> Signal:
+    """The process-wide :class:`Signal` of a database file."""
+    key = os.path.realpath(path)
+    with _signals_lock:
+        return _signals.setdefault(key, Signal())

@@ -1,0 +1,134 @@
+"""The ``runner`` command line. Commands are thin: they parse, call the library, print.
+
+Exit codes: 0 success; 1 the job failed; 2 usage error (bad option or parameter);
+3 runner error (configuration, broker, plugin); 4 gave up waiting for a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from runner.cli_jobs import App, JobsGroup
+from runner.errors import RunnerError
+
+EXIT_ERROR = 3
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Log debug detail; show tracebacks of errors.")
+@click.option("--broker-url", envvar=None, help="Broker URL (overrides RUNNER_BROKER_URL).")
+@click.version_option(package_name="runner")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, broker_url: str | None) -> None:
+    """runner: a distributed job runner for system-command and media-processing jobs."""
+    daemon = ctx.invoked_subcommand in ("worker", "run")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if daemon else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    app = App(debug)
+    if broker_url:
+        app.settings_flags["broker_url"] = broker_url
+    ctx.obj = app
+
+
+cli.add_command(JobsGroup("submit", help="Submit a job to the broker.", local=False))
+cli.add_command(JobsGroup("run", help="Run a job here, through the full pipeline, and wait.", local=True))
+
+
+@cli.command()
+@click.option("--queue", help="Queue to consume (default: default).")
+@click.option("--bind", "bindings", multiple=True, help="Routing pattern, e.g. 'heavy.#' (repeatable).")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Job slots.")
+@pass_app
+def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: int | None) -> None:
+    """Consume jobs and run them in sandboxed subprocesses."""
+    from runner.broker import connect
+    from runner.worker import Worker
+
+    settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency)
+    plugins = app.plugins()
+    for err in plugins.errors:
+        click.secho(f"plugin error: {err}", fg="red", err=True)
+    w = Worker(connect(settings.broker_url, **_broker_options(settings)), plugins, settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: w.stop())
+    w.run()
+
+
+def _broker_options(settings: Any) -> dict[str, Any]:
+    if settings.broker_url.startswith("amqp"):
+        return {"connect_for": None, "max_redeliveries": settings.max_redeliveries}
+    return {"max_redeliveries": settings.max_redeliveries}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def plugins(app: App, as_json: bool) -> None:
+    """List installed plugins, their versions and job types."""
+    loaded = app.plugins()
+    infos = loaded.info()
+    if as_json:
+        click.echo(json.dumps({"plugins": [asdict(i) for i in infos], "errors": loaded.errors}, indent=2))
+        return
+    for info in infos:
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{info.name}{version} ({info.package or 'built-in'}): {', '.join(info.jobs) or '-'}")
+    for err in loaded.errors:
+        click.secho(f"plugin error: {err}", fg="red", err=True)
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def config_cmd(app: App, as_json: bool) -> None:
+    """Print the merged settings and where each came from."""
+    settings = app.settings()
+    values = settings.as_dict()
+    if as_json:
+        click.echo(json.dumps({k: {"value": v, "source": settings.sources[k]} for k, v in values.items()}, indent=2, default=list))
+        return
+    for key, value in values.items():
+        click.echo(f"{key} = {json.dumps(value, default=list)}    # {settings.sources[key]}")
+
+
+from runner.cli_dead import dead  # noqa: E402 - registered after the group exists
+
+cli.add_command(dead)
+
+
+def main() -> None:
+    """Console entry point: one red line for errors, a traceback only with --debug."""
+    debug = "--debug" in sys.argv
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except RunnerError as exc:
+        if debug:
+            raise
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(EXIT_ERROR)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""``runner dead list|show|retry|purge``: the dead-letter queue."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from runner.broker import Envelope, connect
+from runner.cli_jobs import App
+from runner.errors import RunnerError
+from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
+
+pass_app = click.make_pass_decorator(App)
+
+
+def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
+    """A dead letter as a plain record (``full`` adds params, traceback, stderr tail)."""
+    record: dict[str, Any] = {
+        "id": env.message_id,
+        "job": env.type,
+        "routing_key": env.routing_key,
+        "reason": env.headers.get(H_DEAD_REASON, ""),
+        "error": env.headers.get(H_DEAD_ERROR, ""),
+        "attempts": env.headers.get(H_ATTEMPT),
+        "submitted": (
+            datetime.fromtimestamp(env.timestamp, timezone.utc).isoformat() if env.timestamp else None
+        ),
+    }
+    if full:
+        try:
+            record["params"] = dict(JobMessage.from_envelope(env).params)
+        except RunnerError as exc:
+            record["params"] = None
+            record["decode_error"] = str(exc)
+        raw = env.headers.get("x-runner-result")
+        last = json.loads(raw) if isinstance(raw, str) else {}
+        record["traceback"] = last.get("traceback")
+        record["stderr"] = last.get("stderr")
+        record["exit_code"] = last.get("exit_code")
+        record["worker"] = last.get("worker")
+    return record
+
+
+@click.group()
+def dead() -> None:
+    """Inspect, retry or purge dead-lettered jobs."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=1000, show_default=True)
+@pass_app
+def dead_list(app: App, as_json: bool, limit: int) -> None:
+    """List dead-lettered jobs, oldest first."""
+    with connect(app.settings().broker_url) as broker:
+        records = [describe(e) for e in broker.dead_letters(limit)]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        click.echo("no dead-lettered jobs")
+    for r in records:
+        click.echo(f"{r['id']}  {r['job'] or '?':<12} {r['reason']}: {r['error'] or ''}".rstrip(": "))
+
+
+@dead.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def dead_show(app: App, job_id: str, as_json: bool) -> None:
+    """Show one dead-lettered job with its error, traceback and stderr tail."""
+    with connect(app.settings().broker_url) as broker:
+        found = [e for e in broker.dead_letters(10**6) if e.message_id == job_id]
+    if not found:
+        raise RunnerError(f"no dead-lettered job {job_id}")
+    record = describe(found[0], full=True)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    for key in ("id", "job", "routing_key", "reason", "error", "attempts", "submitted", "worker", "exit_code", "params"):
+        click.echo(f"{key}: {record.get(key)}")
+    for key in ("traceback", "stderr"):
+        if record.get(key):
+            click.echo(f"--- {key} ---\n{record[key].rstrip()}")
+
+
+@dead.command("retry")
+@click.argument("job_id")
+@pass_app
+def dead_retry(app: App, job_id: str) -> None:
+    """Send a dead-lettered job back to its route, as a fresh first attempt."""
+    with connect(app.settings().broker_url) as broker:
+        found = [e for e in broker.dead_letters(10**6) if e.message_id == job_id]
+        if not found:
+            raise RunnerError(f"no dead-lettered job {job_id}")
+        env = found[0]
+        kept = {k: v for k, v in env.headers.items() if not str(k).startswith("x-runner-")}
+        fresh = replace(env, headers={**kept, H_PROTOCOL: PROTOCOL, H_ATTEMPT: 1})
+        # Publish first, then remove: a failure in between duplicates, never loses.
+        broker.publish(fresh)
+        broker.take_dead(job_id)
+    click.echo(f"{job_id} sent back on {env.routing_key}")
+
+
+@dead.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def dead_purge(app: App, yes: bool) -> None:
+    """Delete every dead-lettered job."""
+    if not yes:
+        click.confirm("Delete every dead-lettered job?", abort=True)
+    with connect(app.settings().broker_url) as broker:
+        count = broker.purge_dead()
+    click.echo(f"purged {count} dead-lettered job(s)")

@@ -1,0 +1,163 @@
+"""``runner submit <job>`` and ``runner run <job>``: commands generated from job declarations.
+
+Like flask's FlaskGroup, the job commands are built lazily from the installed plugins, so
+``runner --help`` works even when a plugin is broken (it then shows one red line).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.config import parse_duration
+from runner.errors import RunnerError
+from runner.jobs import JobType
+from runner.message import JobResult
+
+
+class Duration(click.ParamType):
+    """``90``, ``90s``, ``10m``, ``2h``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            return parse_duration(value, param.name if param else "duration")
+        except RunnerError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+COMMON_OPTIONS = [
+    click.Option(["--route", "opt_route"], help="Route to send the job on (default: configured)."),
+    click.Option(["--wait", "opt_wait"], is_flag=True, help="Wait for the result and write outputs."),
+    click.Option(["--wait-timeout", "opt_wait_timeout"], type=DURATION, help="Give up waiting after this long."),
+    click.Option(["--timeout", "opt_timeout"], type=DURATION, help="Wall-clock limit of one attempt."),
+    click.Option(["--retries", "opt_retries"], type=click.IntRange(0, 1000), help="Retries after the first attempt."),
+    click.Option(["--delay", "opt_delay"], type=DURATION, default=0.0, help="Hold the job this long first."),
+    click.Option(["--priority", "opt_priority"], type=click.IntRange(0, 9), default=0, help="0-9, higher first."),
+    click.Option(["--output-dir", "opt_output_dir"], type=click.Path(file_okay=False), help="Where outputs go (default: beside the input)."),
+    click.Option(["--json", "opt_json"], is_flag=True, help="Print machine-readable JSON."),
+]
+
+
+class JobsGroup(click.Group):
+    """A group whose subcommands are the installed job types."""
+
+    def __init__(self, *args: Any, local: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.local = local
+
+    def _jobs(self, ctx: click.Context) -> dict[str, JobType]:
+        app = ctx.find_object(App)
+        assert app is not None
+        try:
+            return {j.name: j for j in app.plugins().jobs}
+        except RunnerError as exc:
+            app.load_error = str(exc)
+            return {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._jobs(ctx))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        job = self._jobs(ctx).get(name)
+        return job_command(job, self.local) if job else None
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        app = ctx.find_object(App)
+        errors = [app.load_error] if app and app.load_error else []
+        if app and app.loaded is not None:
+            errors += app.loaded.errors
+        for err in errors:
+            formatter.write(click.style(f"\nplugin error: {err}\n", fg="red"))
+
+
+def job_command(job: JobType, local: bool) -> click.Command:
+    params = [copy.copy(p) for p in job.params] + [copy.copy(o) for o in COMMON_OPTIONS]
+
+    @click.pass_context
+    def callback(ctx: click.Context, **kwargs: Any) -> None:
+        app = ctx.find_object(App)
+        assert app is not None
+        options = {k[4:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("opt_")}
+        files = {n: kwargs.pop(n) for n in job.inputs if kwargs.get(n) is not None}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        code = app.submit_job(job, kwargs, files, options, local)
+        ctx.exit(code)
+
+    verb = "Run" if local else "Submit"
+    return click.Command(
+        job.name,
+        params=params,
+        callback=callback,
+        help=f"{verb} a {job.name!r} job. {job.help}".strip(),
+        short_help=(job.help.splitlines() or [""])[0],
+    )
+
+
+def print_result(result: JobResult, written: list[Path], as_json: bool) -> None:
+    """One line for a person, or JSON for a program."""
+    if as_json:
+        record = result.to_json()
+        record["outputs"] = [str(p) for p in written]
+        click.echo(json.dumps(record, indent=2))
+        return
+    if result.ok:
+        names = ", ".join(str(p) for p in written) or "no output files"
+        click.echo(
+            f"{result.job} {result.id} succeeded in {result.duration:.2f}s "
+            f"(attempt {result.attempts}) -> {names}"
+        )
+    else:
+        click.secho(
+            f"{result.job} {result.id} failed after {result.attempts} attempt(s): {result.error}",
+            fg="red", err=True,
+        )
+        if result.traceback:
+            click.echo(result.traceback.rstrip(), err=True)
+        elif result.stderr.strip():
+            click.echo(result.stderr.rstrip()[-2000:], err=True)
+
+
+class App:
+    """Lazily built state shared by the CLI commands (settings, plugins, broker)."""
+
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+        self.loaded: Any = None
+        self.load_error: str | None = None
+        self.settings_flags: dict[str, Any] = {}
+
+    def settings(self, **flags: Any) -> Any:
+        from runner.config import load
+
+        return load({**self.settings_flags, **flags})
+
+    def plugins(self) -> Any:
+        if self.loaded is None:
+            from runner.plugins import make_plugins
+
+            s = self.settings()
+            self.loaded = make_plugins(s.load_plugins, s.trace_plugins)
+        return self.loaded
+
+    def submit_job(
+        self, job: JobType, params: dict[str, Any], files: dict[str, str],
+        options: dict[str, Any], local: bool,
+    ) -> int:
+        from runner.local import run_local, submit_remote
+
+        run = run_local if local else submit_remote
+        return run(self, job, params, files, options)
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,181 @@
+"""The Python API for submitting jobs; the CLI is a thin layer over it.
+
+Example::
+
+    from runner.client import Client, save_outputs
+
+    with Client.from_settings() as client:
+        handle = client.submit("resize", {"size": "200x200"}, files={"image": "photo.jpg"})
+        result = handle.wait(timeout=60)          # JobResult; raises JobFailed if it failed
+        save_outputs(result, "thumbs/")             # writes photo_200x200.jpg
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runner.broker import Broker, ReplyInbox, connect
+from runner.config import Settings, load
+from runner.errors import JobError, JobFailed, MessageError, RunnerError
+from runner.jobs import ROUTE_RE, JobType
+from runner.message import FileData, JobMessage, JobOptions, JobResult, check_file_name
+from runner.plugins import Plugins, make_plugins
+
+
+class WaitTimeout(RunnerError):
+    """A waited-on job did not finish in time (it may still be queued or running)."""
+
+
+@dataclass
+class JobHandle:
+    """A submitted job."""
+
+    id: str
+    job: str
+    route: str
+    _inbox: ReplyInbox | None
+
+    def wait(self, timeout: float | None = None, raise_on_failure: bool = True) -> JobResult:
+        """Wait for the job's final result.
+
+        Raises:
+            WaitTimeout: nothing arrived within ``timeout`` seconds.
+            JobFailed: the job failed for good (unless ``raise_on_failure`` is false).
+        """
+        if self._inbox is None:
+            raise RunnerError(f"job {self.id} was submitted without wait=True; no reply will come")
+        env = self._inbox.get(self.id, timeout)
+        if env is None:
+            raise WaitTimeout(
+                f"job {self.id} did not finish within {timeout:g}s; it is still queued or running"
+            )
+        result = JobResult.from_envelope(env)
+        if raise_on_failure and not result.ok:
+            raise JobFailed(self.id, result.error or "unknown error", result)
+        return result
+
+
+class Client:
+    """Submits jobs through a broker, validating them against the installed job types."""
+
+    def __init__(self, broker: Broker, plugins: Plugins, settings: Settings) -> None:
+        self.broker = broker
+        self.plugins = plugins
+        self.settings = settings
+        self._inbox: ReplyInbox | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        """A client from the merged configuration (file, environment) and installed plugins."""
+        settings = settings or load()
+        plugins = make_plugins(settings.load_plugins, settings.trace_plugins)
+        return cls(connect(settings.broker_url), plugins, settings)
+
+    def submit(
+        self,
+        job: str,
+        params: Mapping[str, Any] | None = None,
+        files: Mapping[str, str | os.PathLike[str] | FileData] | None = None,
+        *,
+        route: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+    ) -> JobHandle:
+        """Submit one job; returns once the broker has confirmed it.
+
+        Args:
+            job: job type name.
+            params: the job's own parameters (JSON values).
+            files: input files by parameter name: a path, or :class:`FileData`.
+            route: where it goes (default: ``[routes]`` config, plugin hook, the job's own).
+            wait: prepare to receive the result, for :meth:`JobHandle.wait`.
+            timeout: the job's wall-clock limit in seconds (default: the job type's).
+            retries: retries after the first attempt (default: the job type's policy).
+            delay: seconds the broker holds the job before a worker may start it.
+            priority: 0 (default) to 9, higher first.
+        """
+        job_type = self.plugins.jobs.get(job)
+        data = self._files(job_type, files or {})
+        checked = job_type.validate(dict(params or {}), data)
+        payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
+        if not 0 <= priority <= 9:
+            raise JobError("priority must be from 0 to 9")
+        options = JobOptions(timeout=timeout, retries=retries, priority=priority)
+        message = JobMessage(job=job, params=payload, files=data, options=options)
+        message = replace(message, route=route or self._route(job_type, message))
+        if not ROUTE_RE.match(message.route):
+            raise JobError(f"route {message.route!r} must be one lower-case word (a-z, 0-9, _ -)")
+        inbox = None
+        if wait:
+            if self._inbox is None:
+                self._inbox = self.broker.reply_inbox()
+            inbox = self._inbox
+        envelope = message.to_envelope(reply_to=inbox.address if inbox else None)
+        self.broker.publish(envelope, delay=delay)
+        return JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
+
+    def _route(self, job_type: JobType, message: JobMessage) -> str:
+        configured = self.settings.routes.get(job_type.name)
+        if configured:
+            return str(configured)
+        return self.plugins.route_job(job_type, message) or job_type.route
+
+    def _files(
+        self, job_type: JobType, files: Mapping[str, str | os.PathLike[str] | FileData]
+    ) -> dict[str, FileData]:
+        out: dict[str, FileData] = {}
+        total = 0
+        for name, src in files.items():
+            if name not in job_type.inputs:
+                raise JobError(f"job {job_type.name!r} takes no input file {name!r}")
+            if isinstance(src, FileData):
+                item = src
+            else:
+                path = Path(src)
+                try:
+                    item = FileData(name=path.name, data=path.read_bytes())
+                except OSError as exc:
+                    raise JobError(f"cannot read input {path}: {exc.strerror}") from exc
+            try:
+                check_file_name(item.name, name)
+            except MessageError as exc:
+                raise JobError(str(exc)) from exc
+            total += len(item.data)
+            if total > self.settings.inline_limit:
+                raise JobError(
+                    f"input {item.name} brings the job to {total} bytes, over the inline limit "
+                    f"of {self.settings.inline_limit} bytes (setting inline_limit)"
+                )
+            out[name] = item
+        return out
+
+    def close(self) -> None:
+        if self._inbox is not None:
+            self._inbox.close()
+        self.broker.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def save_outputs(result: JobResult, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write a result's output files into ``directory``; return their paths."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for item in result.outputs:
+        check_file_name(item.name, "output")
+        path = target / item.name
+        path.write_bytes(item.data)
+        paths.append(path)
+    return paths

@@ -1,0 +1,95 @@
+"""What ``runner submit <job>`` and ``runner run <job>`` do once their options are parsed.
+
+``submit`` publishes to the shared queues; ``run`` executes the job through the full pipeline
+(broker, sandbox, retries) on a worker inside this process, on a private one-off queue so no
+other job is taken, then exits with the job's status.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from runner.client import Client, WaitTimeout, save_outputs
+from runner.errors import JobFailed
+from runner.jobs import JobType
+
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 4
+
+
+def _output_dir(options: dict[str, Any], files: dict[str, str]) -> Path:
+    if options.get("output_dir"):
+        return Path(options["output_dir"])
+    for path in files.values():
+        return Path(path).resolve().parent
+    return Path.cwd()
+
+
+def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
+                       files: dict[str, str], options: dict[str, Any], wait: bool) -> int:
+    import click
+
+    from runner.cli_jobs import print_result
+
+    handle = client.submit(
+        job.name, params, files, route=options.get("route"), wait=wait,
+        timeout=options.get("timeout"), retries=options.get("retries"),
+        delay=options.get("delay") or 0.0, priority=options.get("priority") or 0,
+    )
+    if not wait:
+        if options.get("json"):
+            import json
+
+            click.echo(json.dumps({"id": handle.id, "job": job.name, "route": handle.route}))
+        else:
+            click.echo(handle.id)
+        return EXIT_OK
+    try:
+        result = handle.wait(options.get("wait_timeout") or client.settings.wait_timeout,
+                             raise_on_failure=False)
+    except WaitTimeout as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return EXIT_TIMEOUT
+    written = save_outputs(result, _output_dir(options, files)) if result.ok else []
+    print_result(result, written, bool(options.get("json")))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def submit_remote(app: Any, job: JobType, params: dict[str, Any], files: dict[str, str],
+                  options: dict[str, Any]) -> int:
+    settings = app.settings()
+    from runner.broker import connect
+
+    with Client(connect(settings.broker_url), app.plugins(), settings) as client:
+        return _submit_and_report(client, job, params, files, options, bool(options.get("wait")))
+
+
+def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, str],
+              options: dict[str, Any]) -> int:
+    from runner.broker import connect
+    from runner.worker import Worker
+
+    route = f"run-{uuid.uuid4().hex[:12]}"
+    settings = replace(app.settings(), queue=f"runner.run.{route}", bindings=(f"{route}.#",),
+                       concurrency=1)
+    worker_broker = connect(settings.broker_url)
+    worker = Worker(worker_broker, app.plugins(), settings)
+    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    thread.start()
+    try:
+        if not worker.ready.wait(30):
+            raise JobFailed("-", "the local worker did not start")
+        with Client(connect(settings.broker_url), app.plugins(), settings) as client:
+            return _submit_and_report(
+                client, job, params, files, {**options, "route": route}, wait=True
+            )
+    finally:
+        worker.stop(grace=0)
+        thread.join(30)
+        cleanup = connect(settings.broker_url)
+        cleanup.delete_queue(settings.queue)
+        cleanup.close()
+        worker_broker.close()

@@ -1,0 +1,211 @@
+"""The worker daemon: consume a queue, run each job in a slot, settle it after the result.
+
+Threads: the thread that calls :meth:`Worker.run` owns the broker connection (pika is not
+thread-safe); each job slot is a pool thread that supervises one sandboxed child and then hands
+the settlement back through :meth:`Broker.settle`.  The broker never hands out more deliveries
+than there are slots (prefetch = concurrency), so a delivery always finds a free slot.
+
+Acknowledge late: a job is acknowledged only after its result, retry or dead letter is
+published; a worker killed mid-job loses nothing, the broker delivers the job again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from runner.broker import Broker, Delivery, Envelope, Outgoing, Target
+from runner.config import Settings
+from runner.errors import JobError, MessageError
+from runner.execution import Attempt, Verdict, execute
+from runner.message import H_DEAD_ERROR, H_DEAD_REASON, JobMessage, JobResult, JobStatus
+from runner.plugins import Plugins
+from runner.retry import next_delay, policy_for
+
+log = logging.getLogger(__name__)
+H_DEAD_RESULT = "x-runner-result"
+DEAD_RESULT_CAP = 32 * 1024
+
+
+class Worker:
+    """Consume ``settings.queue`` (bound by ``settings.effective_bindings``) and run its jobs."""
+
+    def __init__(
+        self, broker: Broker, plugins: Plugins, settings: Settings, name: str | None = None
+    ) -> None:
+        self.broker = broker
+        self.plugins = plugins
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}"
+        self.queue = settings.queue
+        self.bindings = settings.effective_bindings
+        self.concurrency = settings.concurrency
+        root = settings.workdir or os.path.join(tempfile.gettempdir(), "runner-work")
+        self.workroot = Path(root) / self.name
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self.ready = threading.Event()  # set once the worker is consuming
+        self.processed = 0
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume until :meth:`stop`; blocks the calling thread."""
+        self.broker.declare_queue(self.queue, self.bindings)
+        log.info(
+            "worker %s consuming queue %s (bindings %s) with %d slots on %s",
+            self.name, self.queue, ", ".join(self.bindings), self.concurrency, self.broker.url,
+        )
+        self.plugins.worker_started(self)
+        self.ready.set()
+        try:
+            self.broker.consume(self.queue, self.concurrency, self._on_delivery)
+        finally:
+            self._pool.shutdown(wait=True)
+            log.info("worker %s stopped after %d jobs", self.name, self.processed)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking jobs; let running ones finish for ``grace`` seconds, then requeue them.
+
+        Safe to call from a signal handler: the waiting happens in a helper thread.
+        """
+        if self._stopping.is_set():
+            self._cancel_all()  # a second request: do not wait any longer
+            return
+        self._stopping.set()
+        grace = self.settings.grace if grace is None else grace
+        threading.Thread(target=self._drain, args=(grace,), name="drain", daemon=True).start()
+
+    def _drain(self, grace: float) -> None:
+        self.plugins.worker_stopping(self)
+        self.broker.stop_consuming()
+        with self._lock:
+            if self._running:
+                log.info("waiting up to %gs for %d running jobs", grace, len(self._running))
+            finished = self._lock.wait_for(lambda: not self._running, timeout=grace)
+        if not finished:
+            log.warning("grace period over: stopping running jobs, they go back to the queue")
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        with self._lock:
+            for event in self._running.values():
+                event.set()
+
+    # --- one delivery ---------------------------------------------------------------------------
+    def _on_delivery(self, delivery: Delivery) -> None:
+        self._pool.submit(self._handle, delivery)
+
+    def _handle(self, delivery: Delivery) -> None:
+        env = delivery.envelope
+        try:
+            message = JobMessage.from_envelope(env)
+            job = self.plugins.jobs.get(message.job)
+            params = job.validate(message.params, message.files)
+        except (MessageError, JobError) as exc:
+            self._reject_unrunnable(delivery, str(exc))
+            return
+        cancel = threading.Event()
+        with self._lock:
+            self._running[message.id] = cancel
+        try:
+            self.plugins.job_started(job, message, self.name)
+            attempt = execute(
+                job, message, params, root=self.workroot, worker=self.name,
+                output_limit=self.settings.inline_limit, cancel=cancel,
+            )
+            self._finish(delivery, message, job, attempt)
+        except Exception:
+            # A bug of ours must not lose the job: leave it unsettled for redelivery.
+            log.exception("job %s: internal error; it goes back to the queue", message.id)
+            self._settle(delivery, (), requeue=True)
+        finally:
+            with self._lock:
+                self._running.pop(message.id, None)
+                self._lock.notify_all()
+
+    def _finish(self, delivery: Delivery, message: JobMessage, job, attempt: Attempt) -> None:  # type: ignore[no-untyped-def]
+        result = attempt.result
+        reply_to = delivery.envelope.reply_to
+        if attempt.verdict is Verdict.CANCELLED:
+            self._settle(delivery, (), requeue=True)
+            return
+        if attempt.verdict is Verdict.SUCCEEDED:
+            out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
+            if self._settle(delivery, out):
+                self.plugins.job_succeeded(job, message, result)
+            return
+        delay = None
+        if attempt.verdict is Verdict.RETRY:
+            delay = next_delay(policy_for(job.retry, message.options.retries), message.attempt, attempt.delay)
+        if delay is not None:
+            retry_env = message.next_attempt().to_envelope(reply_to=reply_to)
+            log.info(
+                "job %s %s attempt %d failed (%s); retry in %.1fs",
+                message.id, job.name, message.attempt, result.error, delay,
+            )
+            if self._settle(delivery, [Outgoing(retry_env, Target.JOBS, delay)]):
+                self.plugins.job_failed(job, message, result, final=False)
+                self.plugins.job_retrying(job, message, result, delay)
+            return
+        reason = "attempts exhausted" if attempt.verdict is Verdict.RETRY else "failed for good"
+        log.warning("job %s %s dead after %d attempts: %s", message.id, job.name, message.attempt, result.error)
+        out = [Outgoing(_dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
+        if reply_to:
+            out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
+        if self._settle(delivery, out):
+            self.plugins.job_failed(job, message, result, final=True)
+            self.plugins.job_dead(message, reason, result)
+
+    def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter a message that cannot run at all, with the reason; never run it."""
+        env = delivery.envelope
+        log.error("message %s dead-lettered: %s", env.message_id or "?", reason)
+        out = [Outgoing(_dead_envelope(env, reason, None), Target.DEAD)]
+        if env.reply_to and env.correlation_id:
+            failed = JobResult(
+                id=env.correlation_id, job=env.type, status=JobStatus.FAILED, attempts=0,
+                error=reason, worker=self.name,
+            )
+            out.append(Outgoing(failed.to_envelope(env.reply_to), Target.REPLY))
+        if self._settle(delivery, out):
+            try:
+                message: JobMessage | None = JobMessage.from_envelope(env)
+            except MessageError:
+                message = None
+            self.plugins.job_dead(message, reason, None)
+
+    def _settle(self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False) -> bool:
+        try:
+            self.broker.settle(delivery, out, requeue=requeue).result()
+        except Exception as exc:
+            log.warning(
+                "could not settle %s (%s); the broker will deliver it again",
+                delivery.envelope.message_id, exc,
+            )
+            return False
+        with self._lock:
+            self.processed += 1
+        return True
+
+
+def _dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
+    """The original job, with why it died and (capped) what its last attempt reported."""
+    headers: dict[str, object] = {H_DEAD_REASON: reason[:1000]}
+    if result is not None:
+        record = result.to_json()
+        record.pop("outputs", None)
+        for key in ("traceback", "stderr", "stdout"):
+            if record.get(key) and len(record[key]) > DEAD_RESULT_CAP // 4:
+                record[key] = "…" + record[key][-DEAD_RESULT_CAP // 4 :]
+        headers[H_DEAD_RESULT] = json.dumps(record)
+        headers[H_DEAD_ERROR] = (result.error or "")[:1000]
+    return replace(env, reply_to=None).with_headers(**headers)
