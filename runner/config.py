@@ -45,6 +45,7 @@ class Settings:
     wait_timeout: float | None = None
     workdir: str = ""
     load_plugins: tuple[str, ...] | None = None
+    plugins: tuple[str, ...] = ()
     trace_plugins: bool = False
     routes: Mapping[str, str] = field(default_factory=dict)
     jobs: Mapping[str, Any] = field(default_factory=dict)
@@ -162,7 +163,7 @@ def _convert(key: str, raw: Any, where: str) -> Any:
             return parse_size(raw, where)
         if key == "trace_plugins":
             return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
-        if key in ("bindings", "load_plugins"):
+        if key in ("bindings", "load_plugins", "plugins"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(i.strip() for i in items if i.strip())
         if key in _TABLES:

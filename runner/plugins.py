@@ -6,6 +6,7 @@ touches pluggy directly.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 from collections.abc import Iterable
@@ -121,6 +122,7 @@ def make_plugins(
     load: Iterable[str] | None = None,
     trace: bool = False,
     extra: Iterable[object] = (),
+    modules: Iterable[str] = (),
 ) -> Plugins:
     """Build a plugin manager from the ``runner`` entry points.
 
@@ -129,6 +131,8 @@ def make_plugins(
             empty list none.
         trace: log every hook call (``RUNNER_TRACE_PLUGINS``).
         extra: plugin objects registered directly (tests, embedding applications).
+        modules: importable module names registered as plugins without packaging them
+            (setting ``plugins``, ``RUNNER_PLUGINS``).
     """
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
@@ -151,6 +155,11 @@ def make_plugins(
     if wanted:
         found = {ep.name for ep in importlib.metadata.entry_points(group=GROUP)}
         errors.extend(f"plugin {name} is not installed" for name in sorted(wanted - found))
+    for module in modules:
+        try:
+            pm.register(importlib.import_module(module), name=module)
+        except Exception as exc:
+            errors.append(f"plugin module {module} failed to load: {exc}")
     for i, plugin in enumerate(extra):
         pm.register(plugin, name=getattr(plugin, "__name__", None) or f"extra-{i}")
     try:

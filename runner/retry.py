@@ -42,7 +42,7 @@ def next_delay(policy: RetryPolicy, attempt: int, requested: float | None = None
     if requested is not None:
         return max(0.0, requested)
     wait = tenacity.wait_exponential_jitter(
-        initial=policy.backoff,
+        multiplier=policy.backoff,
         max=policy.max_backoff,
         exp_base=policy.multiplier,
         jitter=policy.jitter,
@@ -76,7 +76,7 @@ def retrying_call(
 
     retryer = tenacity.Retrying(
         stop=stop,
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=max_wait, jitter=0.5),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5),
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=note,
         reraise=True,

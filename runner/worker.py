@@ -117,6 +117,7 @@ class Worker:
         with self._lock:
             self._running[message.id] = cancel
         try:
+            log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
             self.plugins.job_started(job, message, self.name)
             attempt = execute(
                 job, message, params, root=self.workroot, worker=self.name,

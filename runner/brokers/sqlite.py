@@ -1,0 +1,451 @@
+"""The embedded single-box broker: one SQLite file shared by the processes of one machine.
+
+It keeps the :class:`~runner.broker.Broker` contract of the RabbitMQ transport:
+
+* **Routing.** Queues are bound to ``runner.jobs`` by topic patterns; a publish stores one copy
+  per matching queue in one transaction, or raises :class:`~runner.errors.UnroutableError`.
+  Routing is decided at publish time, delayed jobs included.
+* **Durability.** WAL journal with ``synchronous=FULL`` by default: a job is on disk (fsynced)
+  before :meth:`SqliteBroker.publish` returns, like a RabbitMQ publisher confirm, so it survives
+  a SIGKILL and a power cut.  ``synchronous="NORMAL"`` still survives a killed process, but the
+  last commits may be lost on power failure.
+* **Leases.** A consumer claims a message (``BEGIN IMMEDIATE``: one writer at a time across
+  processes) by writing its lease; :meth:`consume` renews its leases every third of the lease
+  while they are unsettled.  A process that dies stops renewing, so its messages become
+  deliverable again after ``lease`` seconds, with ``redelivered=True``.  :meth:`close` gives
+  unsettled deliveries back at once.  Hand-outs that were never settled are counted in the
+  ``x-runner-deliveries`` header; past ``max_redeliveries`` the message is dead-lettered, as
+  the amqp transport does.  A deliberate ``settle(requeue=True)`` is not counted.
+* **Waiting.** Other processes' changes are found by polling with a backoff (5 ms growing to
+  ``poll_interval``); changes made in this process wake waiters at once.
+* **Events** (``Target.EVENTS``) are dropped: nothing can subscribe to them in this transport.
+  Unroutable ``Target.JOBS`` messages in a settle are dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from runner.broker import Broker, Delivery, Envelope, Outgoing, ReplyInbox, Target
+from runner.brokers import sqlite_store as store
+from runner.errors import BrokerError, UnroutableError
+from runner.message import H_DEAD_REASON, H_DELIVERIES
+
+log = logging.getLogger(__name__)
+POLL_MIN = 0.005
+_READY = (
+    "FROM messages WHERE queue = ? AND visible_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+)
+
+
+@dataclass(frozen=True)
+class _Tag:
+    owner: str
+    row_id: int
+    token: str
+
+
+class SqliteBroker(Broker):
+    """:class:`~runner.broker.Broker` over one SQLite file.
+
+    Args:
+        url: ``sqlite:///absolute/path/broker.sqlite3``; missing directories are created.
+        lease: seconds a claimed message stays with a consumer that stopped renewing it.
+        max_redeliveries: unsettled hand-outs tolerated before a message is dead-lettered.
+        poll_interval: longest pause between two looks for work made by other processes.
+        busy_timeout: seconds to wait for another process's write lock before failing.
+        synchronous: ``FULL`` (durable on power loss, default), ``NORMAL`` or ``EXTRA``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        lease: float = 30.0,
+        max_redeliveries: int = 5,
+        poll_interval: float = 0.1,
+        busy_timeout: float = 30.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        if lease <= 0 or poll_interval <= 0:
+            raise ValueError("lease and poll_interval must be positive")
+        self.url = url
+        self._path = store.database_path(url)
+        self._lease = lease
+        self._max_redeliveries = max_redeliveries
+        self._poll_max = max(POLL_MIN, poll_interval)
+        self._db: sqlite3.Connection | None = store.open_database(
+            self._path, busy_timeout, synchronous
+        )
+        self._pid = os.getpid()
+        self._lock = threading.RLock()  # one connection, shared by consume/settle/inbox threads
+        self._signal = store.signal_for(self._path)
+        self._owner = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:12]}"
+        self._tokens = itertools.count(1)
+        self._unsettled: dict[str, int] = {}  # lease token -> message row id
+        self._state = threading.Lock()
+        self._stopping = threading.Event()
+        self._inboxes: set[SqliteInbox] = set()
+        self._closed = False
+
+    # --- database access --------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise BrokerError(f"the sqlite broker {self._path} is closed")
+        if os.getpid() != self._pid:
+            raise BrokerError("a SqliteBroker cannot cross fork(); open a new one in the child")
+        return self._db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (``BEGIN IMMEDIATE``), committed on a clean exit."""
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                finally:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise BrokerError(f"sqlite broker {self._path}: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise BrokerError(f"sqlite broker {self._path}: {exc}") from exc
+
+    def _require_queue(self, queue: str) -> None:
+        if not self._read("SELECT 1 FROM queues WHERE name = ?", (queue,)):
+            raise BrokerError(f"queue {queue!r} does not exist; declare it first")
+
+    # --- topology ---------------------------------------------------------------------------
+    def declare_queue(self, queue: str, bindings: Sequence[str]) -> None:
+        if not queue or isinstance(bindings, str):
+            raise ValueError("declare_queue needs a queue name and a sequence of patterns")
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO queues (name, created_at) VALUES (?, ?)",
+                (queue, time.time()),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO bindings (queue, pattern) VALUES (?, ?)",
+                [(queue, pattern) for pattern in bindings],
+            )
+
+    def unbind(self, queue: str, binding: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM bindings WHERE queue = ? AND pattern = ?", (queue, binding))
+
+    def delete_queue(self, queue: str) -> None:
+        with self._write() as db:
+            for table, column in (("bindings", "queue"), ("messages", "queue"), ("queues", "name")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue,))
+
+    def queue_depth(self, queue: str) -> int:
+        self._require_queue(queue)
+        now = time.time()
+        return int(self._read(f"SELECT COUNT(*) {_READY}", (queue, now, now))[0][0])
+
+    # --- publishing -------------------------------------------------------------------------
+    def publish(self, envelope: Envelope, delay: float = 0.0) -> None:
+        with self._write() as db:
+            queues = store.route(db, envelope.routing_key)
+            if not queues:
+                raise UnroutableError(envelope.routing_key)
+            visible_at = time.time() + max(0.0, delay)
+            for queue in queues:
+                store.insert_message(db, queue, envelope, visible_at)
+        self._signal.notify()
+
+    def _send(self, db: sqlite3.Connection, out: Outgoing, now: float) -> None:
+        """Store one outgoing message of a settle, inside its transaction."""
+        env = out.envelope
+        if out.target is Target.JOBS:
+            queues = store.route(db, env.routing_key)
+            for queue in queues:
+                store.insert_message(db, queue, env, now + max(0.0, out.delay))
+            if not queues:
+                reason = f"unroutable: no queue is bound to routing key {env.routing_key!r}"
+                log.warning("dead-lettering job %s: %s", env.message_id, reason)
+                store.insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
+        elif out.target is Target.DEAD:
+            store.insert_dead(db, env, now)
+        elif out.target is Target.REPLY:
+            if not store.insert_reply(db, env):
+                log.debug("dropped reply %s: no inbox open at %s", env.message_id, env.routing_key)
+        else:
+            log.debug("dropped event %s: the sqlite broker keeps no events", env.routing_key)
+
+    def reply_inbox(self) -> ReplyInbox:
+        address = f"sqlite-reply.{uuid.uuid4().hex}"
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO inboxes (address, opened_at) VALUES (?, ?)", (address, time.time())
+            )
+        inbox = SqliteInbox(self, address)
+        self._inboxes.add(inbox)
+        return inbox
+
+    def _take_reply(self, address: str, correlation_id: str) -> Envelope | None:
+        sql = (
+            f"SELECT id, {store.ENVELOPE_SQL} FROM replies WHERE address = ? "
+            "AND correlation_id = ? ORDER BY id LIMIT 1"
+        )
+        if not self._read(sql, (address, correlation_id)):
+            return None
+        with self._write() as db:  # look again under the write lock: another thread may race
+            row = db.execute(sql, (address, correlation_id)).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM replies WHERE id = ?", (row[0],))
+        return None if row is None else store.row_envelope(row[1:])
+
+    def _close_inbox(self, inbox: SqliteInbox) -> None:
+        self._inboxes.discard(inbox)
+        if self._closed:
+            return
+        with self._write() as db:
+            db.execute("DELETE FROM replies WHERE address = ?", (inbox.address,))
+            db.execute("DELETE FROM inboxes WHERE address = ?", (inbox.address,))
+
+    # --- consuming --------------------------------------------------------------------------
+    def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self._require_queue(queue)
+        self._stopping.clear()
+        renew_at = time.monotonic() + self._lease / 3
+        delay = POLL_MIN
+        while not self._closed:
+            seen = self._signal.generation
+            with self._state:
+                held = len(self._unsettled)
+            stopping = self._stopping.is_set()
+            if stopping and not held:
+                return
+            try:
+                if time.monotonic() >= renew_at:
+                    self._renew()
+                    renew_at = time.monotonic() + self._lease / 3
+                free = 0 if stopping else prefetch - held
+                batch, found = self._claim(queue, free) if free > 0 else ([], False)
+            except BrokerError as exc:
+                if self._closed:
+                    return
+                log.warning("sqlite broker: %s; trying again", exc)
+                batch, found, delay = [], False, self._poll_max
+            self._hand_out(batch, on_delivery)
+            if found:
+                delay = POLL_MIN
+                continue
+            pause = min(delay, max(0.0, renew_at - time.monotonic()))
+            woke = self._signal.wait(seen, pause)
+            delay = POLL_MIN if woke else min(delay * 2, self._poll_max)
+
+    def _claim(self, queue: str, limit: int) -> tuple[list[Delivery], bool]:
+        """Lease up to ``limit`` ready messages; also say whether any ready row was seen."""
+        now = time.time()
+        if not self._read(f"SELECT 1 {_READY} LIMIT 1", (queue, now, now)):
+            return [], False  # the common idle case costs one read, never the write lock
+        batch: list[Delivery] = []
+        with self._write() as db:
+            now = time.time()
+            rows = db.execute(
+                f"SELECT id, deliveries, {store.ENVELOPE_SQL} {_READY} "
+                "ORDER BY rank DESC, visible_at, id LIMIT ?",
+                (queue, now, now, limit),
+            ).fetchall()
+            for row_id, unsettled, *columns in rows:
+                env = store.row_envelope(columns)
+                if unsettled:
+                    count = _int(env.headers.get(H_DELIVERIES)) + unsettled
+                    env = env.with_headers(**{H_DELIVERIES: count})
+                    if count > self._max_redeliveries:
+                        self._dead_loop(db, row_id, env, count, now)
+                        continue
+                token = f"{self._owner}:{next(self._tokens)}"
+                db.execute(
+                    "UPDATE messages SET lease_owner = ?, lease_token = ?, lease_until = ?, "
+                    "deliveries = deliveries + 1 WHERE id = ?",
+                    (self._owner, token, now + self._lease, row_id),
+                )
+                batch.append(Delivery(env, unsettled > 0, queue, _Tag(self._owner, row_id, token)))
+        with self._state:
+            self._unsettled.update((d.tag.token, d.tag.row_id) for d in batch)
+        return batch, bool(rows)
+
+    @staticmethod
+    def _dead_loop(
+        db: sqlite3.Connection, row_id: int, env: Envelope, count: int, now: float
+    ) -> None:
+        reason = f"delivered {count} times without being settled; it may crash workers"
+        log.warning("dead-lettering job %s: %s", env.message_id, reason)
+        store.insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
+        db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
+
+    def _hand_out(self, batch: list[Delivery], on_delivery: Callable[[Delivery], None]) -> None:
+        for i, delivery in enumerate(batch):
+            try:
+                on_delivery(delivery)
+            except BaseException:
+                for rest in batch[i + 1 :]:
+                    self.settle(rest, requeue=True)
+                raise
+
+    def _renew(self) -> None:
+        """Extend the leases of every unsettled delivery (the heartbeat)."""
+        with self._state:
+            held = list(self._unsettled.items())
+        if held:
+            with self._write() as db:
+                until = time.time() + self._lease
+                db.executemany(
+                    "UPDATE messages SET lease_until = ? WHERE id = ? AND lease_token = ?",
+                    [(until, row_id, token) for token, row_id in held],
+                )
+
+    def stop_consuming(self) -> None:
+        self._stopping.set()
+        self._signal.notify()
+
+    def settle(
+        self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False
+    ) -> Future[None]:
+        future: Future[None] = Future()
+        tag = delivery.tag
+        try:
+            if not isinstance(tag, _Tag) or tag.owner != self._owner:
+                raise BrokerError("this delivery was not handed out by this broker object")
+            with self._write() as db:
+                held = (tag.row_id, tag.token)
+                if not db.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND lease_token = ?", held
+                ).fetchone():
+                    raise BrokerError(
+                        f"delivery of {delivery.envelope.message_id} is no longer held here "
+                        "(its lease expired or the broker was closed); it will be delivered again"
+                    )
+                now = time.time()
+                for out in outgoing:
+                    self._send(db, out, now)
+                if requeue:
+                    db.execute(
+                        "UPDATE messages SET lease_owner = NULL, lease_token = NULL, "
+                        "lease_until = NULL, deliveries = MAX(deliveries - 1, 0) WHERE id = ?",
+                        (tag.row_id,),
+                    )
+                else:
+                    db.execute("DELETE FROM messages WHERE id = ?", (tag.row_id,))
+        except Exception as exc:  # noqa: BLE001 - reported through the future
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        finally:
+            if isinstance(tag, _Tag):
+                # Settled, or not ours any more: stop renewing it either way, so a failed
+                # settle ends with the lease expiring and the message delivered again.
+                with self._state:
+                    self._unsettled.pop(tag.token, None)
+            self._signal.notify()
+        return future
+
+    # --- dead letters -----------------------------------------------------------------------
+    def dead_letters(self, limit: int = 1000) -> list[Envelope]:
+        rows = self._read(f"SELECT {store.ENVELOPE_SQL} FROM dead ORDER BY id LIMIT ?", (limit,))
+        return [store.row_envelope(row) for row in rows]
+
+    def take_dead(self, message_id: str) -> Envelope | None:
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT id, {store.ENVELOPE_SQL} FROM dead WHERE message_id = ? "
+                "ORDER BY id LIMIT 1",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM dead WHERE id = ?", (row[0],))
+        return store.row_envelope(row[1:])
+
+    def purge_dead(self) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM dead").rowcount
+
+    def close(self) -> None:
+        """Give unsettled deliveries back (counted as redeliveries) and close the file.
+
+        Unlike the rest of the object, safe to call while :meth:`consume` runs in another
+        thread: it makes :meth:`consume` return.
+        """
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._stopping.set()
+        for inbox in list(self._inboxes):
+            inbox.close()
+        with self._lock:
+            try:
+                with self._write() as db:
+                    db.execute(
+                        "UPDATE messages SET lease_owner = NULL, lease_token = NULL, "
+                        "lease_until = NULL WHERE lease_owner = ?",
+                        (self._owner,),
+                    )
+            except BrokerError as exc:
+                log.warning(
+                    "could not give back unsettled deliveries (their leases expire): %s", exc
+                )
+            self._closed = True
+            conn, self._db = self._db, None
+            if conn is not None:
+                conn.close()
+        self._signal.notify()
+
+
+class SqliteInbox(ReplyInbox):
+    """Replies stored under a unique address until :meth:`get` takes them."""
+
+    def __init__(self, broker: SqliteBroker, address: str) -> None:
+        self.address = address
+        self._broker = broker
+        self._closed = False
+
+    def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        signal, delay = self._broker._signal, POLL_MIN
+        while True:
+            if self._closed:
+                raise BrokerError(f"reply inbox {self.address} is closed")
+            seen = signal.generation
+            reply = self._broker._take_reply(self.address, correlation_id)
+            if reply is not None:
+                return reply
+            pause = delay
+            if deadline is not None:
+                pause = min(pause, deadline - time.monotonic())
+                if pause <= 0:
+                    return None
+            woke = signal.wait(seen, pause)
+            delay = POLL_MIN if woke else min(delay * 2, self._broker._poll_max)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._broker._close_inbox(self)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,73 @@
+"""Job types used by the test suite (loaded with RUNNER_PLUGINS=jobs_plugin)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from runner import JobContext, JobType, RetryPolicy, hookimpl
+
+FAST = RetryPolicy(attempts=3, backoff=0, jitter=0)
+
+
+def echo(ctx: JobContext, text: str, shout: bool) -> dict:
+    (ctx.out_dir / "echo.txt").write_text(text.upper() if shout else text)
+    return {"text": text, "attempt": ctx.attempt}
+
+
+def flaky(ctx: JobContext, fail_times: int) -> int:
+    if ctx.attempt <= fail_times:
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+def boom(ctx: JobContext, message: str) -> None:
+    raise ValueError(f"boom: {message}")
+
+
+def sleeper(ctx: JobContext, seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@hookimpl
+def register_jobs(register):
+    register(JobType(
+        name="echo", help="Echo a text into out/echo.txt.", function="jobs_plugin:echo",
+        params=[click.Option(["--text"], required=True), click.Option(["--shout"], is_flag=True)],
+        retry=FAST,
+    ))
+    register(JobType(
+        name="flaky", function="jobs_plugin:flaky", retry=RetryPolicy(attempts=4, backoff=0, jitter=0),
+        params=[click.Option(["--fail-times"], type=int, default=1)],
+    ))
+    register(JobType(
+        name="boom", function="jobs_plugin:boom", retry=RetryPolicy(attempts=2, backoff=0, jitter=0),
+        params=[click.Option(["--message"], default="bad input")],
+    ))
+    register(JobType(
+        name="sleeper", function="jobs_plugin:sleeper", retry=FAST, timeout=60,
+        params=[click.Option(["--seconds"], type=float, default=1.0)],
+    ))
+    register(JobType(
+        name="spawner", help="Leave busy grandchildren behind, then hang.",
+        argv=lambda p, ctx: ["sh", "-c", f"sleep {p['marker']} & sleep {p['marker']} & "
+                             f"(sleep {p['marker']} &) ; sleep {p['marker']}"],
+        params=[click.Option(["--marker"], required=True)],
+        timeout=1.0, retry=RetryPolicy(attempts=1),
+    ))
+    register(JobType(
+        name="exitcode", argv=lambda p, ctx: ["sh", "-c", f"echo failing >&2; exit {p['code']}"],
+        params=[click.Option(["--code"], type=int, required=True)],
+        retry=RetryPolicy(attempts=3, backoff=0, jitter=0, retry_on_exit=(75,)),
+    ))
+
+
+@hookimpl
+def job_succeeded(message, result):
+    ledger = os.environ.get("RUNNER_TEST_LEDGER")
+    if ledger:
+        with open(ledger, "a") as fh:
+            fh.write(f"{message.id} {result.worker}\n")

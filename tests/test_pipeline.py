@@ -1,0 +1,143 @@
+"""The job pipeline end to end against the real RabbitMQ: routing, results, retries, dead letters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from runner.broker import Envelope, connect
+from runner.client import Client
+from runner.errors import JobError, JobFailed, UnroutableError
+from runner.message import JobMessage
+from runner.testing import running_worker
+
+
+@pytest.fixture
+def client(amqp_url, plugins, settings_factory):
+    c = Client(connect(amqp_url), plugins, settings_factory("client"))
+    yield c
+    c.close()
+
+
+def test_result_and_output_files_come_back(client, plugins, settings_factory, route, tmp_path):
+    # Given a worker on a route
+    with running_worker(settings_factory(route), plugins):
+        # When a job is submitted and waited on
+        result = client.submit("echo", {"text": "hello", "shout": True}, route=route, wait=True).wait(30)
+    # Then its value and its output file come back
+    assert result.ok and result.value == {"text": "hello", "attempt": 1}
+    assert [(f.name, f.data) for f in result.outputs] == [("echo.txt", b"HELLO")]
+
+
+def test_routing_reaches_only_the_worker_bound_to_the_route(client, plugins, settings_factory):
+    # Given two workers: one bound to default-like route A, one to heavy route B
+    light, heavy = f"l{uuid.uuid4().hex[:8]}", f"h{uuid.uuid4().hex[:8]}"
+    with running_worker(settings_factory(light), plugins, name="light-box"), \
+         running_worker(settings_factory(heavy), plugins, name="heavy-box"):
+        # When jobs go to each route
+        on_heavy = [client.submit("echo", {"text": str(i)}, route=heavy, wait=True) for i in range(4)]
+        on_light = [client.submit("echo", {"text": str(i)}, route=light, wait=True) for i in range(4)]
+        heavy_workers = {h.wait(30).worker for h in on_heavy}
+        light_workers = {h.wait(30).worker for h in on_light}
+    # Then each lands only on the box bound to it
+    assert heavy_workers == {"heavy-box"}
+    assert light_workers == {"light-box"}
+
+
+def test_unroutable_route_is_a_clear_error(client):
+    with pytest.raises(UnroutableError, match="no worker queue is bound to route 'nosuchroute'"):
+        client.submit("echo", {"text": "x"}, route="nosuchroute")
+
+
+def test_bad_params_are_refused_before_submitting(client):
+    with pytest.raises(JobError, match="fail_times"):
+        client.submit("flaky", {"fail_times": "many"}, route="whatever")
+    with pytest.raises(JobError, match="unknown job 'nosuchjob'"):
+        client.submit("nosuchjob", {}, route="whatever")
+
+
+def test_timeout_kills_the_whole_process_tree(client, plugins, settings_factory, route):
+    # Given a job that leaves busy grandchildren (one of them re-parented) and hangs
+    marker = f"1000.{uuid.uuid4().int % 10**9}"
+    with running_worker(settings_factory(route), plugins):
+        # When it runs past its 1 s timeout
+        result = client.submit("spawner", {"marker": marker}, route=route, wait=True).wait(
+            30, raise_on_failure=False
+        )
+    # Then it failed with a timeout, and nothing it started is still running
+    assert not result.ok and "timed out after 1s" in result.error
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+def test_retry_then_success(client, plugins, settings_factory, route):
+    with running_worker(settings_factory(route), plugins):
+        result = client.submit("flaky", {"fail_times": 2}, route=route, wait=True).wait(30)
+    assert result.ok and result.value == 3 and result.attempts == 3
+
+
+def test_retries_exhausted_dead_letter_with_traceback(client, plugins, settings_factory, route, amqp_url):
+    with running_worker(settings_factory(route), plugins):
+        handle = client.submit("boom", {"message": "bad pixels"}, route=route, wait=True)
+        with pytest.raises(JobFailed, match="ValueError: boom: bad pixels") as info:
+            handle.wait(30)
+    # The waiting client gets the job's own traceback, naming the job's source file
+    assert "jobs_plugin.py" in info.value.result.traceback
+    assert info.value.result.attempts == 2
+    # And the job is in the dead-letter queue with its reason and traceback
+    with connect(amqp_url) as broker:
+        dead = broker.take_dead(handle.id)
+    assert dead is not None
+    assert dead.headers["x-runner-dead-reason"] == "attempts exhausted"
+    assert "raise ValueError" in json.loads(dead.headers["x-runner-result"])["traceback"]
+
+
+def test_exit_codes_map_to_retry_or_fatal(client, plugins, settings_factory, route):
+    with running_worker(settings_factory(route), plugins):
+        retried = client.submit("exitcode", {"code": 75}, route=route, wait=True)
+        fatal = client.submit("exitcode", {"code": 2}, route=route, wait=True)
+        retried_result = retried.wait(30, raise_on_failure=False)
+        fatal_result = fatal.wait(30, raise_on_failure=False)
+    assert retried_result.attempts == 3 and "exited with status 75: failing" in retried_result.error
+    assert fatal_result.attempts == 1 and fatal_result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"\xff not json", "not UTF-8 JSON"),
+        (b'{"protocol": 1, "id": "x", "job": "nosuchjob", "route": "r", "params": {}}', "unknown job 'nosuchjob'"),
+        (b'{"protocol": 1, "id": "x", "job": "flaky", "route": "r", "params": {"fail_times": "x"}}', "parameter 'fail_times'"),
+        (b'{"protocol": 1, "id": "x", "job": "echo", "route": "r", "params": {"text": "a", "rm": "-rf"}}', "no parameter 'rm'"),
+        (b'{"protocol": 7, "id": "x", "job": "echo"}', "unsupported protocol version 7"),
+    ],
+)
+def test_malformed_messages_are_dead_lettered_and_the_worker_goes_on(
+    client, plugins, settings_factory, route, amqp_url, body, reason
+):
+    bad_id = uuid.uuid4().hex
+    with running_worker(settings_factory(route), plugins):
+        # Given a message that cannot be run, published raw
+        with connect(amqp_url) as raw:
+            raw.publish(Envelope(body=body, message_id=bad_id, type="x", routing_key=f"{route}.x"))
+        # When a good job follows, it still runs
+        assert client.submit("echo", {"text": "after"}, route=route, wait=True).wait(30).ok
+    # Then the bad one is dead-lettered with its reason, never run
+    with connect(amqp_url) as broker:
+        dead = broker.take_dead(bad_id)
+    assert dead is not None and reason in dead.headers["x-runner-dead-reason"]
+
+
+def test_waiting_client_hears_about_an_unrunnable_job(client, plugins, settings_factory, route, amqp_url):
+    # A message this worker cannot validate still answers the client that waits on it.
+    msg = JobMessage(job="flaky", params={"fail_times": "lots"}, route=route)
+    inbox = client.broker.reply_inbox()
+    with running_worker(settings_factory(route), plugins):
+        client.broker.publish(msg.to_envelope(reply_to=inbox.address))
+        reply = inbox.get(msg.id, 30)
+    assert reply is not None and b"parameter 'fail_times'" in reply.body
+    with connect(amqp_url) as broker:
+        assert broker.take_dead(msg.id) is not None
