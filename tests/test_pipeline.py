@@ -69,6 +69,8 @@ def test_timeout_kills_the_whole_process_tree(client, plugins, settings_factory,
         )
     # Then it failed with a timeout, and nothing it started is still running
     assert not result.ok and "timed out after 1s" in result.error
+    with connect(client.broker.url) as broker:
+        assert broker.take_dead(result.id) is not None
     left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
     assert left.stdout == ""
 
@@ -103,6 +105,9 @@ def test_exit_codes_map_to_retry_or_fatal(client, plugins, settings_factory, rou
         fatal_result = fatal.wait(30, raise_on_failure=False)
     assert retried_result.attempts == 3 and "exited with status 75: failing" in retried_result.error
     assert fatal_result.attempts == 1 and fatal_result.exit_code == 2
+    with connect(client.broker.url) as broker:
+        assert broker.take_dead(retried.id).headers["x-runner-dead-reason"] == "attempts exhausted"
+        assert broker.take_dead(fatal.id).headers["x-runner-dead-reason"] == "failed for good"
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ from runner.retry import retrying_call
 log = logging.getLogger(__name__)
 H_NOT_BEFORE = "x-runner-not-before"  # epoch milliseconds
 H_DELIVERIES = "x-runner-deliveries"
+H_ROUTING_KEY = "x-runner-routing-key"  # a dead letter's original routing key
 REPLY_TO = "amq.rabbitmq.reply-to"
 MAX_TTL_MS = 2**31 - 1
 CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, OSError)
@@ -347,7 +348,7 @@ class AmqpBroker(Broker):
             if count > self._max_redeliveries:
                 reason = f"delivered {count} times without finishing; it may crash workers"
                 dead = env.with_headers(**{"x-runner-dead-reason": reason})
-                self._publish_raw("", DEAD_QUEUE, dead, True)
+                self._publish_raw("", DEAD_QUEUE, dead, True, **{H_ROUTING_KEY: env.routing_key})
             else:
                 # Classic queues do not count deliveries: count in a header on a fresh copy.
                 self._publish_raw("", queue, env.with_headers(**{H_DELIVERIES: count}), True)
@@ -406,7 +407,7 @@ class AmqpBroker(Broker):
             else:
                 self._publish_raw(JOBS_EXCHANGE, env.routing_key, env, True)
         elif out.target is Target.DEAD:
-            self._publish_raw("", DEAD_QUEUE, env, True)
+            self._publish_raw("", DEAD_QUEUE, env, True, **{H_ROUTING_KEY: env.routing_key})
         elif out.target is Target.REPLY:
             # Not mandatory: a client that stopped waiting is not an error.
             self._publish_raw("", env.routing_key, env, False)
@@ -424,12 +425,13 @@ class AmqpBroker(Broker):
                 method, props, body = ch.basic_get(DEAD_QUEUE)
                 if method is None:
                     break
+                headers = dict(props.headers or {})
                 env = Envelope(
                     body=body,
                     message_id=props.message_id or "",
                     type=props.type or "",
-                    routing_key=method.routing_key,
-                    headers=dict(props.headers or {}),
+                    routing_key=headers.pop(H_ROUTING_KEY, method.routing_key),
+                    headers=headers,
                     priority=props.priority or 0,
                     reply_to=None,
                     correlation_id=props.correlation_id,
