@@ -75,8 +75,8 @@ def resize(
                 frames, extra = _render(img, target, mode, gravity, fmt, keep_profile)
                 if keep_metadata:
                     extra.update(_metadata(img, frames[0].size, fmt))
-        except Reject:
-            raise
+        except Reject as exc:
+            raise Reject(f"{path.name}: {exc.reason}") from None
         except _DECODE_ERRORS as exc:
             raise Reject(f"{path.name}: {_reason(exc, source_format)}") from exc
     name = f"{path.stem[:150]}_{target[0]}x{target[1]}.{formats.EXTENSIONS[fmt]}"
