@@ -113,7 +113,7 @@ def main() -> None:
     """Console entry point: one red line for errors, a traceback only with --debug."""
     debug = "--debug" in sys.argv
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -127,7 +127,7 @@ def main() -> None:
             raise
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(EXIT_ERROR)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,10 @@ def job_command(job: JobType, local: bool) -> click.Command:
     )
 
 
-def print_result(result: JobResult, written: list[Path], as_json: bool) -> None:
-    """One line for a person, or JSON for a program."""
+def print_result(
+    result: JobResult, written: list[Path], as_json: bool, debug: bool = False
+) -> None:
+    """One line for a person (the job's traceback too with --debug), or JSON for a program."""
     if as_json:
         record = result.to_json()
         record["outputs"] = [str(p) for p in written]
@@ -121,10 +123,8 @@ def print_result(result: JobResult, written: list[Path], as_json: bool) -> None:
             f"{result.job} {result.id} failed after {result.attempts} attempt(s): {result.error}",
             fg="red", err=True,
         )
-        if result.traceback:
-            click.echo(result.traceback.rstrip(), err=True)
-        elif result.stderr.strip():
-            click.echo(result.stderr.rstrip()[-2000:], err=True)
+        if debug and (result.traceback or result.stderr.strip()):
+            click.echo((result.traceback or result.stderr).rstrip()[-4000:], err=True)
 
 
 class App:

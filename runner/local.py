@@ -29,7 +29,8 @@ def _output_dir(options: dict[str, Any], files: dict[str, str]) -> Path:
 
 
 def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
-                       files: dict[str, str], options: dict[str, Any], wait: bool) -> int:
+                       files: dict[str, str], options: dict[str, Any], wait: bool,
+                       debug: bool = False) -> int:
     import click
 
     from runner.cli_jobs import print_result
@@ -54,7 +55,7 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         click.secho(f"error: {exc}", fg="red", err=True)
         return EXIT_TIMEOUT
     written = save_outputs(result, _output_dir(options, files)) if result.ok else []
-    print_result(result, written, bool(options.get("json")))
+    print_result(result, written, bool(options.get("json")), debug)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -64,7 +65,9 @@ def submit_remote(app: Any, job: JobType, params: dict[str, Any], files: dict[st
     from runner.broker import connect
 
     with Client(connect(settings.broker_url), app.plugins(), settings) as client:
-        return _submit_and_report(client, job, params, files, options, bool(options.get("wait")))
+        return _submit_and_report(
+            client, job, params, files, options, bool(options.get("wait")), app.debug
+        )
 
 
 def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, str],
@@ -84,7 +87,7 @@ def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, s
             raise JobFailed("-", "the local worker did not start")
         with Client(connect(settings.broker_url), app.plugins(), settings) as client:
             return _submit_and_report(
-                client, job, params, files, {**options, "route": route}, wait=True
+                client, job, params, files, {**options, "route": route}, True, app.debug
             )
     finally:
         worker.stop(grace=0)

@@ -1,0 +1,89 @@
+"""The plugin system: entry points, registration checks, broken plugins reported, not fatal."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import click
+import pytest
+
+from runner import JobType, hookimpl
+from runner.errors import PluginError
+from runner.plugins import make_plugins
+
+
+def plugin_module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
+
+
+def registering(*jobs: JobType):
+    @hookimpl
+    def register_jobs(register):
+        for job in jobs:
+            register(job)
+
+    return register_jobs
+
+
+def test_first_party_resize_loads_through_its_entry_point():
+    plugins = make_plugins()
+    info = {p.name: p for p in plugins.info()}
+    assert info["media"].package == "runner" and "resize" in info["media"].jobs
+    assert plugins.errors == []
+
+
+def test_load_plugins_empty_loads_none():
+    assert len(make_plugins(load=[]).jobs) == 0
+
+
+def test_duplicate_job_names_are_refused_naming_both_plugins():
+    a = plugin_module("plug_a", register_jobs=registering(JobType(name="dup", argv=lambda p, c: ["true"])))
+    b = plugin_module("plug_b", register_jobs=registering(JobType(name="dup", argv=lambda p, c: ["true"])))
+    with pytest.raises(PluginError, match="job 'dup' registered twice: by plugin plug_a and by plugin plug_b"):
+        make_plugins(load=[], extra=[a, b])
+
+
+@pytest.mark.parametrize(
+    "job, message",
+    [
+        (JobType(name="Bad Name", argv=lambda p, c: ["true"]), "must match"),
+        (JobType(name="both", argv=lambda p, c: ["true"], function="m:f"), "exactly one of argv or function"),
+        (JobType(name="clash", argv=lambda p, c: ["true"], params=[click.Option(["--route"])]),
+         "option --route is reserved"),
+        (JobType(name="noparam", argv=lambda p, c: ["true"], inputs=("image",)), "are not parameters"),
+    ],
+)
+def test_invalid_job_declarations_are_refused(job, message):
+    mod = plugin_module("plug_bad", register_jobs=registering(job))
+    with pytest.raises(PluginError, match=message):
+        make_plugins(load=[], extra=[mod])
+
+
+def test_misspelled_hook_fails_loudly():
+    @hookimpl
+    def register_jobz(register):  # typo: no such hook
+        pass
+
+    with pytest.raises(PluginError, match="register_jobz"):
+        make_plugins(load=[], extra=[plugin_module("plug_typo", register_jobz=register_jobz)])
+
+
+def test_a_broken_plugin_is_one_line_and_the_others_keep_working(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = make_plugins(modules=["broken_plugin"])
+    assert plugins.errors == ["plugin module broken_plugin failed to load: needs libfoo"]
+    assert "resize" in plugins.jobs
+    sys.modules.pop("broken_plugin", None)
+
+
+def test_observer_errors_never_break_the_job_path():
+    @hookimpl
+    def job_dead(message, reason, result):
+        raise RuntimeError("observer bug")
+
+    plugins = make_plugins(load=[], extra=[plugin_module("plug_obs", job_dead=job_dead)])
+    plugins.job_dead(None, "why", None)  # logged, not raised
