@@ -65,7 +65,7 @@ class Delivery:
 class Target(str, enum.Enum):
     """Where an :class:`Outgoing` message goes when a delivery is settled."""
 
-    JOBS = "jobs"  # runner.jobs, routed by envelope.routing_key (optionally after a delay)
+    JOBS = "jobs"  # a retry: back to the queue the delivery came from (optionally after a delay)
     DEAD = "dead"  # the dead-letter queue
     REPLY = "reply"  # envelope.routing_key is a reply address from a ReplyInbox
     EVENTS = "events"  # runner.events, routed by envelope.routing_key; best effort

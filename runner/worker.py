@@ -119,15 +119,20 @@ class Worker:
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
             self.plugins.job_started(job, message, self.name)
-            attempt = execute(
-                job, message, params, root=self.workroot, worker=self.name,
-                output_limit=self.settings.inline_limit, cancel=cancel,
-            )
+            try:
+                attempt = execute(
+                    job, message, params, root=self.workroot, worker=self.name,
+                    output_limit=self.settings.inline_limit, cancel=cancel,
+                )
+            except Exception as exc:
+                # The worker's side failed (disk full, missing tool): an ordinary failed attempt,
+                # so the retry policy and the dead-letter queue apply, never a silent loop.
+                log.exception("job %s: the worker could not run it", message.id)
+                attempt = Attempt(Verdict.RETRY, JobResult(
+                    id=message.id, job=job.name, status=JobStatus.FAILED,
+                    attempts=message.attempt, error=f"worker error: {exc}", worker=self.name,
+                ))
             self._finish(delivery, message, job, attempt)
-        except Exception:
-            # A bug of ours must not lose the job: leave it unsettled for redelivery.
-            log.exception("job %s: internal error; it goes back to the queue", message.id)
-            self._settle(delivery, (), requeue=True)
         finally:
             with self._lock:
                 self._running.pop(message.id, None)

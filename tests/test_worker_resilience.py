@@ -50,6 +50,9 @@ def test_sigkilled_worker_job_completes_once_elsewhere(client, worker_process, r
     # Then the job completes on B, exactly once
     result = handle.wait(60)
     assert result.ok and result.worker.endswith(f".{b.proc.pid}")
+    # (the ledger is written by B's job_succeeded hook, just after the reply is sent)
+    assert wait_until(lambda: ledger_ids(ledger), 10, "the ledger entry") == [handle.id]
+    b.stop()
     assert ledger_ids(ledger) == [handle.id]
 
 

@@ -108,6 +108,7 @@ class AmqpBroker(Broker):
         self._stopping = threading.Event()
         self._unsettled = 0
         self._replies: dict[str, Envelope] = {}
+        self._consuming = False
 
     # --- connection -------------------------------------------------------------------------
     def _channel(self) -> BlockingChannel:
@@ -235,8 +236,12 @@ class AmqpBroker(Broker):
     def _publish_raw(
         self, exchange: str, key: str, env: Envelope, mandatory: bool, **headers: Any
     ) -> None:
+        # Inside the consumer's own callbacks the channel must not be replaced by a reconnect.
+        ch = self._ch if self._consuming else self._channel()
+        if ch is None:
+            raise StaleDelivery("the connection to RabbitMQ was lost")
         try:
-            self._channel().basic_publish(
+            ch.basic_publish(
                 exchange, key, env.body, self._props(env, **headers), mandatory=mandatory
             )
         except pe.UnroutableError:
@@ -279,6 +284,7 @@ class AmqpBroker(Broker):
         self._stopping.clear()
         while True:
             try:
+                self._consuming = True
                 self._consume_once(queue, prefetch, on_delivery)
                 return
             except CONNECTION_ERRORS + (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
@@ -287,7 +293,10 @@ class AmqpBroker(Broker):
                     return
                 log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
                 self._unsettled = 0  # their deliveries are void; the broker requeues them
+                self._consuming = False
                 self._reconnect(give_up_after=None)
+            finally:
+                self._consuming = False
 
     def _consume_once(
         self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
@@ -388,6 +397,7 @@ class AmqpBroker(Broker):
                 self._unsettled -= 1
                 future.set_result(None)
             except BaseException as exc:  # noqa: BLE001 - reported through the future
+                self._give_back(tag)
                 future.set_exception(exc)
 
         conn = self._conn
@@ -399,13 +409,21 @@ class AmqpBroker(Broker):
             future.set_exception(StaleDelivery(f"cannot settle: {exc}"))
         return future
 
+    def _give_back(self, tag: _Tag) -> None:
+        """A settle failed half-way: return the delivery so that it is delivered again."""
+        if tag.generation == self._generation and self._ch is not None and self._ch.is_open:
+            try:
+                self._ch.basic_nack(tag.delivery_tag, requeue=True)
+                self._unsettled -= 1
+            except Exception:  # the channel is going away: RabbitMQ requeues it anyway
+                log.debug("could not nack delivery %s", tag.delivery_tag, exc_info=True)
+
     def _send(self, queue: str, out: Outgoing) -> None:
         env = out.envelope
         if out.target is Target.JOBS:
-            if out.delay > 0:
-                self._publish_raw("", self._delay_queue(queue, out.delay), env, True)
-            else:
-                self._publish_raw(JOBS_EXCHANGE, env.routing_key, env, True)
+            # A retry goes back to the queue it came from, directly or through a delay queue.
+            target = self._delay_queue(queue, out.delay) if out.delay > 0 else queue
+            self._publish_raw("", target, env, True)
         elif out.target is Target.DEAD:
             self._publish_raw("", DEAD_QUEUE, env, True, **{H_ROUTING_KEY: env.routing_key})
         elif out.target is Target.REPLY:

@@ -240,7 +240,7 @@ class SqliteBroker(Broker):
                 return
             try:
                 if time.monotonic() >= renew_at:
-                    pass
+                    self._renew()
                     renew_at = time.monotonic() + self._lease / 3
                 free = 0 if stopping else prefetch - held
                 batch, found = self._claim(queue, free) if free > 0 else ([], False)
