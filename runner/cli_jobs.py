@@ -146,7 +146,9 @@ class App:
             from runner.plugins import make_plugins
 
             s = self.settings()
-            self.loaded = make_plugins(s.load_plugins, s.trace_plugins, modules=s.plugins)
+            self.loaded = make_plugins(
+                s.load_plugins, s.trace_plugins, modules=s.plugins, settings=s
+            )
         return self.loaded
 
     def submit_job(

@@ -72,7 +72,9 @@ class Client:
     def from_settings(cls, settings: Settings | None = None) -> Client:
         """A client from the merged configuration (file, environment) and installed plugins."""
         settings = settings or load()
-        plugins = make_plugins(settings.load_plugins, settings.trace_plugins, modules=settings.plugins)
+        plugins = make_plugins(
+            settings.load_plugins, settings.trace_plugins, modules=settings.plugins, settings=settings
+        )
         return cls(connect(settings.broker_url), plugins, settings)
 
     def submit(

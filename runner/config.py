@@ -49,6 +49,8 @@ class Settings:
     trace_plugins: bool = False
     routes: Mapping[str, str] = field(default_factory=dict)
     jobs: Mapping[str, Any] = field(default_factory=dict)
+    notify: Mapping[str, Any] = field(default_factory=dict)
+    sandbox: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -60,7 +62,7 @@ class Settings:
 
 
 _SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
-_TABLES = {"routes", "jobs"}
+_TABLES = {"routes", "jobs", "notify", "sandbox"}
 
 
 def load(

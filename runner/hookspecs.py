@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     import click
 
+    from runner.config import Settings
     from runner.jobs import JobType
     from runner.message import JobMessage, JobResult
 
@@ -22,8 +23,12 @@ hookspec = pluggy.HookspecMarker("runner")
 
 
 @hookspec
-def register_jobs(register: Callable[[JobType], None]) -> None:
-    """Register job types by calling ``register(JobType(...))`` once per type."""
+def register_jobs(register: Callable[[JobType], None], settings: Settings) -> None:
+    """Register job types by calling ``register(JobType(...))`` once per type.
+
+    ``settings`` is the merged configuration, for plugins whose job types come from it
+    (admin-defined commands, per-job options).
+    """
 
 
 @hookspec

@@ -27,6 +27,8 @@ H_ATTEMPT = "x-runner-attempt"
 H_DELIVERIES = "x-runner-deliveries"
 H_DEAD_REASON = "x-runner-dead-reason"
 H_DEAD_ERROR = "x-runner-error"
+H_HISTORY = "x-runner-history"  # JSON list of earlier attempts of this job
+MAX_HISTORY = 20
 MAX_BODY = 64 * 1024 * 1024
 MAX_NAME = 200
 MAX_PRIORITY = 9
@@ -111,6 +113,7 @@ class JobMessage:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 1
     created_at: float = field(default_factory=time.time)
+    history: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def routing_key(self) -> str:
@@ -136,7 +139,11 @@ class JobMessage:
             message_id=self.id,
             type=self.job,
             routing_key=self.routing_key,
-            headers={H_PROTOCOL: PROTOCOL, H_ATTEMPT: self.attempt},
+            headers={
+                H_PROTOCOL: PROTOCOL,
+                H_ATTEMPT: self.attempt,
+                **({H_HISTORY: _dump(list(self.history)).decode()} if self.history else {}),
+            },
             priority=self.options.priority,
             reply_to=reply_to,
             correlation_id=self.id if reply_to else None,
@@ -173,6 +180,7 @@ class JobMessage:
         if not isinstance(msg_id, str) or not msg_id or len(msg_id) > MAX_NAME:
             raise MessageError("id: expected a non-empty string")
         created = _number(obj.get("created_at"), "created_at") or 0.0
+        history = _history(env.headers.get(H_HISTORY))
         return cls(
             job=job,
             params=params,
@@ -182,6 +190,7 @@ class JobMessage:
             id=msg_id,
             attempt=attempt,
             created_at=created,
+            history=history,
         )
 
 
@@ -202,6 +211,7 @@ class JobResult:
     stderr: str = ""
     duration: float = 0.0
     worker: str = ""
+    history: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -223,6 +233,7 @@ class JobResult:
             "stderr": self.stderr,
             "duration": round(self.duration, 6),
             "worker": self.worker,
+            "history": list(self.history),
         }
 
     def to_envelope(self, address: str) -> Envelope:
@@ -256,6 +267,7 @@ class JobResult:
                 stderr=obj.get("stderr", ""),
                 duration=float(obj.get("duration", 0.0)),
                 worker=obj.get("worker", ""),
+                history=tuple(obj.get("history") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"malformed result: {exc}") from exc
@@ -263,6 +275,18 @@ class JobResult:
     @classmethod
     def from_envelope(cls, env: Envelope) -> JobResult:
         return cls.from_json(_load(env, "result"))
+
+
+def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:
+    if raw is None:
+        return ()
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise MessageError("history header is not JSON") from exc
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise MessageError("history header: expected a list of objects")
+    return tuple(items[-MAX_HISTORY:])
 
 
 def _dump(obj: Any) -> bytes:

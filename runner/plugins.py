@@ -17,6 +17,7 @@ import click
 import pluggy
 
 from runner import hookspecs
+from runner.config import Settings
 from runner.errors import PluginError
 from runner.jobs import JobType, Registry
 from runner.message import JobMessage, JobResult
@@ -41,6 +42,7 @@ class Plugins:
         pm: pluggy.PluginManager,
         errors: list[str],
         dists: dict[str, tuple[str, str]] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.pm = pm
         self.errors = errors
@@ -54,7 +56,8 @@ class Plugins:
                 self.jobs.register(job, _plugin)
 
             try:
-                impl.function(register=register)
+                available = {"register": register, "settings": settings or Settings()}
+                impl.function(**{arg: available[arg] for arg in impl.argnames})
             except PluginError:
                 raise
             except Exception as exc:  # a broken plugin must not take the others down
@@ -123,6 +126,7 @@ def make_plugins(
     trace: bool = False,
     extra: Iterable[object] = (),
     modules: Iterable[str] = (),
+    settings: Settings | None = None,
 ) -> Plugins:
     """Build a plugin manager from the ``runner`` entry points.
 
@@ -133,6 +137,7 @@ def make_plugins(
         extra: plugin objects registered directly (tests, embedding applications).
         modules: importable module names registered as plugins without packaging them
             (setting ``plugins``, ``RUNNER_PLUGINS``).
+        settings: passed to ``register_jobs`` implementations that take it.
     """
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
@@ -169,7 +174,7 @@ def make_plugins(
     if trace:
         pm.trace.root.setwriter(lambda msg: log.info("hook: %s", msg.rstrip()))
         pm.enable_tracing()
-    plugins = Plugins(pm, errors, dists)
+    plugins = Plugins(pm, errors, dists, settings)
     for err in errors:
         log.error("%s", err)
     return plugins

@@ -17,6 +17,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,15 @@ from runner.broker import Broker, Delivery, Envelope, Outgoing, Target
 from runner.config import Settings
 from runner.errors import JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
-from runner.message import H_DEAD_ERROR, H_DEAD_REASON, JobMessage, JobResult, JobStatus
+from runner.jobs import JobType
+from runner.message import (
+    H_DEAD_ERROR,
+    H_DEAD_REASON,
+    MAX_HISTORY,
+    JobMessage,
+    JobResult,
+    JobStatus,
+)
 from runner.plugins import Plugins
 from runner.retry import next_delay, policy_for
 
@@ -138,12 +147,21 @@ class Worker:
                 self._running.pop(message.id, None)
                 self._lock.notify_all()
 
-    def _finish(self, delivery: Delivery, message: JobMessage, job, attempt: Attempt) -> None:  # type: ignore[no-untyped-def]
-        result = attempt.result
+    def _finish(self, delivery: Delivery, message: JobMessage, job: JobType, attempt: Attempt) -> None:
         reply_to = delivery.envelope.reply_to
         if attempt.verdict is Verdict.CANCELLED:
             self._settle(delivery, (), requeue=True)
             return
+        entry = {
+            "attempt": message.attempt,
+            "worker": self.name,
+            "finished_at": round(time.time(), 3),
+            "duration": round(attempt.result.duration, 3),
+            "error": attempt.result.error,
+            "exit_code": attempt.result.exit_code,
+        }
+        history = (*message.history, entry)[-MAX_HISTORY:]
+        result = replace(attempt.result, history=history)
         if attempt.verdict is Verdict.SUCCEEDED:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
             if self._settle(delivery, out):
@@ -153,7 +171,7 @@ class Worker:
         if attempt.verdict is Verdict.RETRY:
             delay = next_delay(policy_for(job.retry, message.options.retries), message.attempt, attempt.delay)
         if delay is not None:
-            retry_env = message.next_attempt().to_envelope(reply_to=reply_to)
+            retry_env = replace(message.next_attempt(), history=history).to_envelope(reply_to)
             log.info(
                 "job %s %s attempt %d failed (%s); retry in %.1fs",
                 message.id, job.name, message.attempt, result.error, delay,

@@ -79,6 +79,11 @@ def test_retry_then_success(client, plugins, settings_factory, route):
     with running_worker(settings_factory(route), plugins):
         result = client.submit("flaky", {"fail_times": 2}, route=route, wait=True).wait(30)
     assert result.ok and result.value == 3 and result.attempts == 3
+    # The attempt history travels with the job: who tried, when, and how it failed
+    assert [h["attempt"] for h in result.history] == [1, 2, 3]
+    assert [h["error"] for h in result.history] == [
+        "RuntimeError: flaky failure on attempt 1", "RuntimeError: flaky failure on attempt 2", None,
+    ]
 
 
 def test_retries_exhausted_dead_letter_with_traceback(client, plugins, settings_factory, route, amqp_url):
