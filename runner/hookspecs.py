@@ -42,27 +42,38 @@ def route_job(job: JobType, message: JobMessage) -> str | None:
 
 
 @hookspec
-def job_started(job: JobType, message: JobMessage, worker: str) -> None:
-    """A worker starts an attempt of a job."""
+def job_started(job: JobType, message: JobMessage, worker: Any) -> None:
+    """A worker starts an attempt of a job.
+
+    In every job hook, ``worker`` is the :class:`~runner.worker.Worker` (``name``, ``queue``,
+    ``bindings``, ``settings``).  Job hooks run in the job's slot thread, after the job is
+    settled: keep them quick and hand slow work (mail, HTTP) to a thread of your own.
+    """
 
 
 @hookspec
-def job_succeeded(job: JobType, message: JobMessage, result: JobResult) -> None:
+def job_succeeded(job: JobType, message: JobMessage, result: JobResult, worker: Any) -> None:
     """An attempt succeeded; the result is published."""
 
 
 @hookspec
-def job_failed(job: JobType, message: JobMessage, result: JobResult, final: bool) -> None:
+def job_failed(
+    job: JobType, message: JobMessage, result: JobResult, final: bool, worker: Any
+) -> None:
     """An attempt failed; ``final`` tells whether it was the last one."""
 
 
 @hookspec
-def job_retrying(job: JobType, message: JobMessage, result: JobResult, delay: float) -> None:
+def job_retrying(
+    job: JobType, message: JobMessage, result: JobResult, delay: float, worker: Any
+) -> None:
     """A failed attempt will be tried again after ``delay`` seconds."""
 
 
 @hookspec
-def job_dead(message: JobMessage | None, reason: str, result: JobResult | None) -> None:
+def job_dead(
+    message: JobMessage | None, reason: str, result: JobResult | None, worker: Any
+) -> None:
     """A message was dead-lettered: the last attempt failed, or it could not be run at all.
 
     ``message`` is ``None`` when the message could not even be decoded.

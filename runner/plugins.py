@@ -86,26 +86,32 @@ class Plugins:
         result: str | None = self.pm.hook.route_job(job=job, message=message)
         return result
 
-    def job_started(self, job: JobType, message: JobMessage, worker: str) -> None:
+    def job_started(self, job: JobType, message: JobMessage, worker: Any) -> None:
         self._observe("job_started", job=job, message=message, worker=worker)
 
-    def job_succeeded(self, job: JobType, message: JobMessage, result: JobResult) -> None:
-        self._observe("job_succeeded", job=job, message=message, result=result)
+    def job_succeeded(
+        self, job: JobType, message: JobMessage, result: JobResult, worker: Any
+    ) -> None:
+        self._observe("job_succeeded", job=job, message=message, result=result, worker=worker)
 
     def job_failed(
-        self, job: JobType, message: JobMessage, result: JobResult, final: bool
+        self, job: JobType, message: JobMessage, result: JobResult, final: bool, worker: Any
     ) -> None:
-        self._observe("job_failed", job=job, message=message, result=result, final=final)
+        self._observe(
+            "job_failed", job=job, message=message, result=result, final=final, worker=worker
+        )
 
     def job_retrying(
-        self, job: JobType, message: JobMessage, result: JobResult, delay: float
+        self, job: JobType, message: JobMessage, result: JobResult, delay: float, worker: Any
     ) -> None:
-        self._observe("job_retrying", job=job, message=message, result=result, delay=delay)
+        self._observe(
+            "job_retrying", job=job, message=message, result=result, delay=delay, worker=worker
+        )
 
     def job_dead(
-        self, message: JobMessage | None, reason: str, result: JobResult | None
+        self, message: JobMessage | None, reason: str, result: JobResult | None, worker: Any
     ) -> None:
-        self._observe("job_dead", message=message, reason=reason, result=result)
+        self._observe("job_dead", message=message, reason=reason, result=result, worker=worker)
 
     def worker_started(self, worker: Any) -> None:
         self._observe("worker_started", worker=worker)

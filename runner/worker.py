@@ -127,7 +127,7 @@ class Worker:
             self._running[message.id] = cancel
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
-            self.plugins.job_started(job, message, self.name)
+            self.plugins.job_started(job, message, self)
             try:
                 attempt = execute(
                     job, message, params, root=self.workroot, worker=self.name,
@@ -165,7 +165,7 @@ class Worker:
         if attempt.verdict is Verdict.SUCCEEDED:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
             if self._settle(delivery, out):
-                self.plugins.job_succeeded(job, message, result)
+                self.plugins.job_succeeded(job, message, result, self)
             return
         delay = None
         if attempt.verdict is Verdict.RETRY:
@@ -177,8 +177,8 @@ class Worker:
                 message.id, job.name, message.attempt, result.error, delay,
             )
             if self._settle(delivery, [Outgoing(retry_env, Target.JOBS, delay)]):
-                self.plugins.job_failed(job, message, result, final=False)
-                self.plugins.job_retrying(job, message, result, delay)
+                self.plugins.job_failed(job, message, result, False, self)
+                self.plugins.job_retrying(job, message, result, delay, self)
             return
         reason = "attempts exhausted" if attempt.verdict is Verdict.RETRY else "failed for good"
         log.warning("job %s %s dead after %d attempts: %s", message.id, job.name, message.attempt, result.error)
@@ -186,8 +186,8 @@ class Worker:
         if reply_to:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
         if self._settle(delivery, out):
-            self.plugins.job_failed(job, message, result, final=True)
-            self.plugins.job_dead(message, reason, result)
+            self.plugins.job_failed(job, message, result, True, self)
+            self.plugins.job_dead(message, reason, result, self)
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""
@@ -205,7 +205,7 @@ class Worker:
                 message: JobMessage | None = JobMessage.from_envelope(env)
             except MessageError:
                 message = None
-            self.plugins.job_dead(message, reason, None)
+            self.plugins.job_dead(message, reason, None, self)
 
     def _settle(self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False) -> bool:
         try:

@@ -86,4 +86,4 @@ def test_observer_errors_never_break_the_job_path():
         raise RuntimeError("observer bug")
 
     plugins = make_plugins(load=[], extra=[plugin_module("plug_obs", job_dead=job_dead)])
-    plugins.job_dead(None, "why", None)  # logged, not raised
+    plugins.job_dead(None, "why", None, None)  # logged, not raised

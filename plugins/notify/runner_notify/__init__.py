@@ -1,0 +1,1 @@
+"""Failure notifications (e-mail) for runner: a first-party plugin."""
