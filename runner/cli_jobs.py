@@ -43,6 +43,7 @@ COMMON_OPTIONS = [
     click.Option(["--delay", "opt_delay"], type=DURATION, default=0.0, help="Hold the job this long first."),
     click.Option(["--priority", "opt_priority"], type=click.IntRange(0, 9), default=0, help="0-9, higher first."),
     click.Option(["--output-dir", "opt_output_dir"], type=click.Path(file_okay=False), help="Where outputs go (default: beside the input)."),
+    click.Option(["--webhook", "opt_webhook"], help="POST the final result (signed) to this URL."),
     click.Option(["--json", "opt_json"], is_flag=True, help="Print machine-readable JSON."),
 ]
 

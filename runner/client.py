@@ -22,7 +22,7 @@ from runner.broker import Broker, ReplyInbox, connect
 from runner.config import Settings, load
 from runner.errors import JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
-from runner.message import FileData, JobMessage, JobOptions, JobResult, check_file_name
+from runner.message import FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
 
 
@@ -89,6 +89,7 @@ class Client:
         retries: int | None = None,
         delay: float = 0.0,
         priority: int = 0,
+        webhook: str | None = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -102,6 +103,7 @@ class Client:
             retries: retries after the first attempt (default: the job type's policy).
             delay: seconds the broker holds the job before a worker may start it.
             priority: 0 (default) to 9, higher first.
+            webhook: an http(s) URL the worker POSTs the final result to (signed).
         """
         job_type = self.plugins.jobs.get(job)
         data = self._files(job_type, files or {})
@@ -109,7 +111,11 @@ class Client:
         payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
         if not 0 <= priority <= 9:
             raise JobError("priority must be from 0 to 9")
-        options = JobOptions(timeout=timeout, retries=retries, priority=priority)
+        options = JobOptions(timeout=timeout, retries=retries, priority=priority, webhook=webhook)
+        try:
+            check_url(webhook, "webhook")
+        except MessageError as exc:
+            raise JobError(str(exc)) from exc
         message = JobMessage(job=job, params=payload, files=data, options=options)
         message = replace(message, route=route or self._route(job_type, message))
         if not ROUTE_RE.match(message.route):

@@ -39,6 +39,7 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         job.name, params, files, route=options.get("route"), wait=wait,
         timeout=options.get("timeout"), retries=options.get("retries"),
         delay=options.get("delay") or 0.0, priority=options.get("priority") or 0,
+        webhook=options.get("webhook"),
     )
     if not wait:
         if options.get("json"):

@@ -96,9 +96,15 @@ class JobOptions:
     timeout: float | None = None
     retries: int | None = None
     priority: int = 0
+    webhook: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"timeout": self.timeout, "retries": self.retries, "priority": self.priority}
+        out: dict[str, Any] = {
+            "timeout": self.timeout, "retries": self.retries, "priority": self.priority
+        }
+        if self.webhook:
+            out["webhook"] = self.webhook
+        return out
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class JobMessage:
             timeout=_number(opts.get("timeout"), "options.timeout", positive=True),
             retries=_int(opts.get("retries"), "options.retries", 0, 1000),
             priority=_int(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
+            webhook=check_url(opts.get("webhook"), "options.webhook"),
         )
         attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
         msg_id = obj.get("id")
@@ -287,6 +294,19 @@ def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise MessageError("history header: expected a list of objects")
     return tuple(items[-MAX_HISTORY:])
+
+
+def check_url(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or len(value) > 2000
+        or not value.startswith(("http://", "https://"))
+        or any(c.isspace() for c in value)
+    ):
+        raise MessageError(f"{where}: expected an http(s) URL")
+    return value
 
 
 def _dump(obj: Any) -> bytes:

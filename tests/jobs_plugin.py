@@ -71,3 +71,20 @@ def job_succeeded(message, result):
     if ledger:
         with open(ledger, "a") as fh:
             fh.write(f"{message.id} {result.worker}\n")
+
+
+@hookimpl(specname="register_jobs")
+def register_sandbox_probes(register):
+    register(JobType(
+        name="envdump", help="Print the job's environment.", argv=lambda p, ctx: ["env"],
+        retry=RetryPolicy(attempts=1),
+    ))
+    register(JobType(
+        name="symlinker", help="Plant a symlink to a file outside the work dir in out/.",
+        argv=lambda p, ctx: ["sh", "-c", f"ln -s {p['target']} out/leak.txt; echo real > out/real.txt"],
+        params=[click.Option(["--target"], required=True)], retry=RetryPolicy(attempts=1),
+    ))
+    register(JobType(
+        name="bigoutput", argv=lambda p, ctx: ["sh", "-c", f"head -c {p['size']} /dev/zero > out/big.bin"],
+        params=[click.Option(["--size"], type=int, required=True)], retry=RetryPolicy(attempts=1),
+    ))

@@ -49,7 +49,7 @@ from runner.retry import retrying_call
 log = logging.getLogger(__name__)
 H_NOT_BEFORE = "x-runner-not-before"  # epoch milliseconds
 H_DELIVERIES = "x-runner-deliveries"
-H_ROUTING_KEY = "x-runner-routing-key"  # a dead letter's original routing key
+H_ROUTING_KEY = "x-runner-routing-key"  # original key of a message sent straight to a queue
 REPLY_TO = "amq.rabbitmq.reply-to"
 MAX_TTL_MS = 2**31 - 1
 CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, OSError)
@@ -240,6 +240,9 @@ class AmqpBroker(Broker):
         ch = self._ch if self._consuming else self._channel()
         if ch is None:
             raise StaleDelivery("the connection to RabbitMQ was lost")
+        if exchange == "" and key != env.routing_key:
+            # Sent straight to a queue (retry, delay, dead letter): keep the job's own key.
+            headers[H_ROUTING_KEY] = env.routing_key
         try:
             ch.basic_publish(
                 exchange, key, env.body, self._props(env, **headers), mandatory=mandatory
@@ -308,12 +311,13 @@ class AmqpBroker(Broker):
         def on_message(
             _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
         ) -> None:
+            headers = dict(props.headers or {})
             env = Envelope(
                 body=body,
                 message_id=props.message_id or "",
                 type=props.type or "",
-                routing_key=method.routing_key,
-                headers=dict(props.headers or {}),
+                routing_key=headers.pop(H_ROUTING_KEY, method.routing_key),
+                headers=headers,
                 priority=props.priority or 0,
                 reply_to=props.reply_to,
                 correlation_id=props.correlation_id,
@@ -357,7 +361,7 @@ class AmqpBroker(Broker):
             if count > self._max_redeliveries:
                 reason = f"delivered {count} times without finishing; it may crash workers"
                 dead = env.with_headers(**{"x-runner-dead-reason": reason})
-                self._publish_raw("", DEAD_QUEUE, dead, True, **{H_ROUTING_KEY: env.routing_key})
+                self._publish_raw("", DEAD_QUEUE, dead, True)
             else:
                 # Classic queues do not count deliveries: count in a header on a fresh copy.
                 self._publish_raw("", queue, env.with_headers(**{H_DELIVERIES: count}), True)
@@ -425,7 +429,7 @@ class AmqpBroker(Broker):
             target = self._delay_queue(queue, out.delay) if out.delay > 0 else queue
             self._publish_raw("", target, env, True)
         elif out.target is Target.DEAD:
-            self._publish_raw("", DEAD_QUEUE, env, True, **{H_ROUTING_KEY: env.routing_key})
+            self._publish_raw("", DEAD_QUEUE, env, True)
         elif out.target is Target.REPLY:
             # Not mandatory: a client that stopped waiting is not an error.
             self._publish_raw("", env.routing_key, env, False)
