@@ -1,0 +1,1 @@
+"""runner first-party plugin: http (under construction)."""

@@ -1,0 +1,1 @@
+"""runner first-party plugin: webhook (under construction)."""
