@@ -64,8 +64,7 @@ class FileData:
     def from_json(cls, obj: Any, where: str) -> FileData:
         if not isinstance(obj, dict):
             raise MessageError(f"{where}: expected an object")
-        name = obj.get("name")
-        check_file_name(name, where)
+        name = check_file_name(obj.get("name"), where)
         try:
             data = base64.b64decode(obj.get("data", ""), validate=True)
         except (binascii.Error, TypeError, ValueError) as exc:
@@ -75,7 +74,7 @@ class FileData:
         return cls(name=name, data=data)
 
 
-def check_file_name(name: Any, where: str) -> None:
+def check_file_name(name: Any, where: str) -> str:
     """Refuse names that are not a plain single path component."""
     if (
         not isinstance(name, str)
@@ -87,6 +86,7 @@ def check_file_name(name: Any, where: str) -> None:
         or "\0" in name
     ):
         raise MessageError(f"{where}: file name {name!r} is not a plain file name")
+    return name
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pika
 import pika.exceptions as pe
+from pika.exchange_type import ExchangeType
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from runner.broker import (
@@ -73,6 +74,23 @@ def delay_bucket_ms(delay: float) -> int:
         return ms
     scale = 10 ** (digits - 2)
     return min(MAX_TTL_MS, round(ms / scale) * scale)
+
+
+def _envelope(routing_key: str, props: pika.BasicProperties, body: bytes) -> Envelope:
+    """An envelope from what pika delivers; restores the key of a message sent to a queue."""
+    headers = dict(props.headers or {})
+    return Envelope(
+        body=body,
+        message_id=props.message_id or "",
+        type=props.type or "",
+        routing_key=str(headers.pop(H_ROUTING_KEY, routing_key)),
+        headers=headers,
+        priority=props.priority or 0,
+        reply_to=props.reply_to,
+        correlation_id=props.correlation_id,
+        timestamp=props.timestamp,
+        content_type=props.content_type or "",
+    )
 
 
 class AmqpBroker(Broker):
@@ -134,8 +152,8 @@ class AmqpBroker(Broker):
             raise BrokerError(f"cannot connect to RabbitMQ at {self._safe_url}: {exc}") from exc
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.exchange_declare(JOBS_EXCHANGE, "topic", durable=True)
-        ch.exchange_declare(EVENTS_EXCHANGE, "topic", durable=True)
+        ch.exchange_declare(JOBS_EXCHANGE, ExchangeType.topic, durable=True)  # type: ignore[arg-type]
+        ch.exchange_declare(EVENTS_EXCHANGE, ExchangeType.topic, durable=True)  # type: ignore[arg-type]
         ch.queue_declare(DEAD_QUEUE, durable=True)
         self._conn, self._ch = conn, ch
         self._generation += 1
@@ -194,7 +212,7 @@ class AmqpBroker(Broker):
     def queue_depth(self, queue: str) -> int:
         def passive() -> int:
             frame = self._channel().queue_declare(queue, passive=True)
-            return int(frame.method.message_count)
+            return int(frame.method.message_count or 0)
 
         return self._translate(passive)
 
@@ -311,19 +329,7 @@ class AmqpBroker(Broker):
         def on_message(
             _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
         ) -> None:
-            headers = dict(props.headers or {})
-            env = Envelope(
-                body=body,
-                message_id=props.message_id or "",
-                type=props.type or "",
-                routing_key=headers.pop(H_ROUTING_KEY, method.routing_key),
-                headers=headers,
-                priority=props.priority or 0,
-                reply_to=props.reply_to,
-                correlation_id=props.correlation_id,
-                timestamp=props.timestamp,
-                content_type=props.content_type or "",
-            )
+            env = _envelope(method.routing_key, props, body)
             if self._divert(queue, method, env):
                 return
             self._unsettled += 1
@@ -447,21 +453,10 @@ class AmqpBroker(Broker):
                 method, props, body = ch.basic_get(DEAD_QUEUE)
                 if method is None:
                     break
-                headers = dict(props.headers or {})
-                env = Envelope(
-                    body=body,
-                    message_id=props.message_id or "",
-                    type=props.type or "",
-                    routing_key=headers.pop(H_ROUTING_KEY, method.routing_key),
-                    headers=headers,
-                    priority=props.priority or 0,
-                    reply_to=None,
-                    correlation_id=props.correlation_id,
-                    timestamp=props.timestamp,
-                    content_type=props.content_type or "",
-                )
+                assert props is not None and isinstance(body, bytes)
+                env = replace(_envelope(method.routing_key, props, body), reply_to=None)
                 if take is not None and env.message_id == take:
-                    ch.basic_ack(method.delivery_tag)
+                    ch.basic_ack(method.delivery_tag or 0)
                     taken = env
                     break
                 seen.append(env)
@@ -476,7 +471,9 @@ class AmqpBroker(Broker):
         return self._translate(lambda: self._scan_dead(message_id, 10**9)[1])
 
     def purge_dead(self) -> int:
-        return self._translate(lambda: int(self._channel().queue_purge(DEAD_QUEUE).method.message_count))
+        return self._translate(
+            lambda: int(self._channel().queue_purge(DEAD_QUEUE).method.message_count or 0)
+        )
 
 
 class _AmqpInbox(ReplyInbox):
@@ -489,15 +486,7 @@ class _AmqpInbox(ReplyInbox):
 
         def on_reply(_ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
             if props.correlation_id:
-                broker._replies[props.correlation_id] = Envelope(
-                    body=body,
-                    message_id=props.message_id or "",
-                    type=props.type or "",
-                    routing_key=REPLY_TO,
-                    headers=dict(props.headers or {}),
-                    correlation_id=props.correlation_id,
-                    content_type=props.content_type or "",
-                )
+                broker._replies[props.correlation_id] = _envelope(REPLY_TO, props, body)
 
         self._tag = self._ch.basic_consume(REPLY_TO, on_reply, auto_ack=True)
 
@@ -509,7 +498,7 @@ class _AmqpInbox(ReplyInbox):
             if left <= 0:
                 return None
             try:
-                conn.process_data_events(time_limit=min(left, 1.0))
+                conn.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
             except CONNECTION_ERRORS as exc:
                 raise BrokerError(
                     f"lost the connection to RabbitMQ while waiting for job {correlation_id}; "
