@@ -59,7 +59,7 @@ class Consumer:
     def _run(self, prefetch: int) -> None:
         try:
             self.broker.consume(self.queue, prefetch, self._arrived.put)
-        except BaseException as exc:  # reported by next()/stop()
+        except Exception as exc:  # noqa: BLE001 - reported by next() and the checks
             self.error = exc
         finally:
             self.done.set()
@@ -132,13 +132,20 @@ class BrokerFactory:
         return consumer
 
     def close(self) -> None:
+        """Stop consumers, delete queues, close brokers; report the first failure after all."""
+        failures: list[BaseException] = []
         for consumer in self._consumers:
             if not consumer.done.is_set():
-                consumer.stop()
+                try:
+                    consumer.stop()
+                except (AssertionError, Exception) as exc:  # noqa: BLE001 - re-raised below
+                    failures.append(exc)
         for name in self._queues:
             self.admin.delete_queue(name)
         for broker in reversed(self._opened):
             broker.close()
+        if failures:
+            raise failures[0]
 
 
 @pytest.fixture(params=["sqlite", "amqp"])
@@ -397,6 +404,24 @@ def test_stop_consuming_waits_for_unsettled_deliveries(broker_factory: BrokerFac
     assert consumer.done.wait(WAIT)
     assert consumer.error is None
     assert broker_factory.admin.queue_depth(queue) == 1
+
+
+def test_requeue_after_stop_consuming_puts_the_job_back(broker_factory: BrokerFactory) -> None:
+    # Given a consumer holding a job when it is asked to stop (a worker's shutdown grace)
+    route = broker_factory.route("default")
+    queue = broker_factory.queue(f"{route}.#")
+    job = envelope(f"{route}.resize")
+    broker_factory.admin.publish(job)
+    consumer = broker_factory.consumer(queue, prefetch=2)
+    held = consumer.next()
+    consumer.broker.stop_consuming()
+    # When the unfinished job is requeued
+    consumer.settle(held, requeue=True)
+    # Then consume returns without handing the job out again, and the job waits in the queue
+    assert consumer.done.wait(WAIT), "consume did not return after the last settle"
+    consumer.assert_quiet(0.1)
+    assert broker_factory.admin.queue_depth(queue) == 1
+    assert [e.message_id for e in drain(broker_factory, queue, 1)] == [job.message_id]
 
 
 def test_reply_reaches_the_waiting_inbox(broker_factory: BrokerFactory) -> None:

@@ -16,6 +16,8 @@ It keeps the :class:`~runner.broker.Broker` contract of the RabbitMQ transport:
   unsettled deliveries back at once.  Hand-outs that were never settled are counted in the
   ``x-runner-deliveries`` header; past ``max_redeliveries`` the message is dead-lettered, as
   the amqp transport does.  A deliberate ``settle(requeue=True)`` is not counted.
+* **Stopping.** :meth:`stop_consuming` stops the hand-outs; :meth:`consume` keeps renewing the
+  leases of what it handed out and returns once all of it is settled.
 * **Waiting.** Other processes' changes are found by polling with a backoff (5 ms growing to
   ``poll_interval``); changes made in this process wake waiters at once.
 * **Events** (``Target.EVENTS``) are dropped: nothing can subscribe to them in this transport.
@@ -38,16 +40,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from runner.broker import Broker, Delivery, Envelope, Outgoing, ReplyInbox, Target
+from runner.broker import Broker, Delivery, Envelope, Outgoing, ReplyInbox
 from runner.brokers import sqlite_store as store
-from runner.errors import BrokerError, UnroutableError
-from runner.message import H_DEAD_REASON, H_DELIVERIES
+from runner.errors import BrokerError, ConfigError, UnroutableError
+from runner.message import H_DELIVERIES
 
 log = logging.getLogger(__name__)
 POLL_MIN = 0.005
-_READY = (
-    "FROM messages WHERE queue = ? AND visible_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class SqliteBroker(Broker):
         synchronous: str = "FULL",
     ) -> None:
         if lease <= 0 or poll_interval <= 0:
-            raise ValueError("lease and poll_interval must be positive")
+            raise ConfigError("the sqlite broker's lease and poll_interval must be positive")
         self.url = url
         self._path = store.database_path(url)
         self._lease = lease
@@ -123,12 +122,18 @@ class SqliteBroker(Broker):
             except sqlite3.Error as exc:
                 raise BrokerError(f"sqlite broker {self._path}: {exc}") from exc
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads outside a write transaction (autocommit)."""
         with self._lock:
             try:
-                return self._connection().execute(sql, params).fetchall()
+                yield self._connection()
             except sqlite3.Error as exc:
                 raise BrokerError(f"sqlite broker {self._path}: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._reading() as db:
+            return db.execute(sql, params).fetchall()
 
     def _require_queue(self, queue: str) -> None:
         if not self._read("SELECT 1 FROM queues WHERE name = ?", (queue,)):
@@ -160,7 +165,7 @@ class SqliteBroker(Broker):
     def queue_depth(self, queue: str) -> int:
         self._require_queue(queue)
         now = time.time()
-        return int(self._read(f"SELECT COUNT(*) {_READY}", (queue, now, now))[0][0])
+        return int(self._read(f"SELECT COUNT(*) {store.READY}", (queue, now, now))[0][0])
 
     # --- publishing -------------------------------------------------------------------------
     def publish(self, envelope: Envelope, delay: float = 0.0) -> None:
@@ -173,25 +178,6 @@ class SqliteBroker(Broker):
                 store.insert_message(db, queue, envelope, visible_at)
         self._signal.notify()
 
-    def _send(self, db: sqlite3.Connection, out: Outgoing, now: float) -> None:
-        """Store one outgoing message of a settle, inside its transaction."""
-        env = out.envelope
-        if out.target is Target.JOBS:
-            queues = store.route(db, env.routing_key)
-            for queue in queues:
-                store.insert_message(db, queue, env, now + max(0.0, out.delay))
-            if not queues:
-                reason = f"unroutable: no queue is bound to routing key {env.routing_key!r}"
-                log.warning("dead-lettering job %s: %s", env.message_id, reason)
-                store.insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
-        elif out.target is Target.DEAD:
-            store.insert_dead(db, env, now)
-        elif out.target is Target.REPLY:
-            if not store.insert_reply(db, env):
-                log.debug("dropped reply %s: no inbox open at %s", env.message_id, env.routing_key)
-        else:
-            log.debug("dropped event %s: the sqlite broker keeps no events", env.routing_key)
-
     def reply_inbox(self) -> ReplyInbox:
         address = f"sqlite-reply.{uuid.uuid4().hex}"
         with self._write() as db:
@@ -203,17 +189,11 @@ class SqliteBroker(Broker):
         return inbox
 
     def _take_reply(self, address: str, correlation_id: str) -> Envelope | None:
-        sql = (
-            f"SELECT id, {store.ENVELOPE_SQL} FROM replies WHERE address = ? "
-            "AND correlation_id = ? ORDER BY id LIMIT 1"
-        )
-        if not self._read(sql, (address, correlation_id)):
-            return None
+        with self._reading() as db:
+            if store.find_reply(db, address, correlation_id) is None:
+                return None
         with self._write() as db:  # look again under the write lock: another thread may race
-            row = db.execute(sql, (address, correlation_id)).fetchone()
-            if row is not None:
-                db.execute("DELETE FROM replies WHERE id = ?", (row[0],))
-        return None if row is None else store.row_envelope(row[1:])
+            return store.take_reply(db, address, correlation_id)
 
     def _close_inbox(self, inbox: SqliteInbox) -> None:
         self._inboxes.discard(inbox)
@@ -260,43 +240,31 @@ class SqliteBroker(Broker):
     def _claim(self, queue: str, limit: int) -> tuple[list[Delivery], bool]:
         """Lease up to ``limit`` ready messages; also say whether any ready row was seen."""
         now = time.time()
-        if not self._read(f"SELECT 1 {_READY} LIMIT 1", (queue, now, now)):
+        if not self._read(f"SELECT 1 {store.READY} LIMIT 1", (queue, now, now)):
             return [], False  # the common idle case costs one read, never the write lock
         batch: list[Delivery] = []
         with self._write() as db:
             now = time.time()
             rows = db.execute(
-                f"SELECT id, deliveries, {store.ENVELOPE_SQL} {_READY} "
+                f"SELECT id, deliveries, {store.ENVELOPE_SQL} {store.READY} "
                 "ORDER BY rank DESC, visible_at, id LIMIT ?",
                 (queue, now, now, limit),
             ).fetchall()
             for row_id, unsettled, *columns in rows:
                 env = store.row_envelope(columns)
                 if unsettled:
-                    count = _int(env.headers.get(H_DELIVERIES)) + unsettled
+                    count = store.header_int(env, H_DELIVERIES) + unsettled
                     env = env.with_headers(**{H_DELIVERIES: count})
                     if count > self._max_redeliveries:
-                        self._dead_loop(db, row_id, env, count, now)
+                        reason = f"delivered {count} times without being settled"
+                        store.dead_letter(db, row_id, env, f"{reason}; it may crash workers", now)
                         continue
                 token = f"{self._owner}:{next(self._tokens)}"
-                db.execute(
-                    "UPDATE messages SET lease_owner = ?, lease_token = ?, lease_until = ?, "
-                    "deliveries = deliveries + 1 WHERE id = ?",
-                    (self._owner, token, now + self._lease, row_id),
-                )
+                db.execute(store.LEASE, (self._owner, token, now + self._lease, row_id))
                 batch.append(Delivery(env, unsettled > 0, queue, _Tag(self._owner, row_id, token)))
         with self._state:
             self._unsettled.update((d.tag.token, d.tag.row_id) for d in batch)
         return batch, bool(rows)
-
-    @staticmethod
-    def _dead_loop(
-        db: sqlite3.Connection, row_id: int, env: Envelope, count: int, now: float
-    ) -> None:
-        reason = f"delivered {count} times without being settled; it may crash workers"
-        log.warning("dead-lettering job %s: %s", env.message_id, reason)
-        store.insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
-        db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
 
     def _hand_out(self, batch: list[Delivery], on_delivery: Callable[[Delivery], None]) -> None:
         for i, delivery in enumerate(batch):
@@ -314,10 +282,7 @@ class SqliteBroker(Broker):
         if held:
             with self._write() as db:
                 until = time.time() + self._lease
-                db.executemany(
-                    "UPDATE messages SET lease_until = ? WHERE id = ? AND lease_token = ?",
-                    [(until, row_id, token) for token, row_id in held],
-                )
+                db.executemany(store.RENEW, [(until, row_id, tok) for tok, row_id in held])
 
     def stop_consuming(self) -> None:
         self._stopping.set()
@@ -332,25 +297,16 @@ class SqliteBroker(Broker):
             if not isinstance(tag, _Tag) or tag.owner != self._owner:
                 raise BrokerError("this delivery was not handed out by this broker object")
             with self._write() as db:
-                held = (tag.row_id, tag.token)
-                if not db.execute(
-                    "SELECT 1 FROM messages WHERE id = ? AND lease_token = ?", held
-                ).fetchone():
+                if not db.execute(store.HELD, (tag.row_id, tag.token)).fetchone():
                     raise BrokerError(
                         f"delivery of {delivery.envelope.message_id} is no longer held here "
                         "(its lease expired or the broker was closed); it will be delivered again"
                     )
                 now = time.time()
                 for out in outgoing:
-                    self._send(db, out, now)
-                if requeue:
-                    db.execute(
-                        "UPDATE messages SET lease_owner = NULL, lease_token = NULL, "
-                        "lease_until = NULL, deliveries = MAX(deliveries - 1, 0) WHERE id = ?",
-                        (tag.row_id,),
-                    )
-                else:
-                    db.execute("DELETE FROM messages WHERE id = ?", (tag.row_id,))
+                    store.send(db, out, now)
+                # A deliberate requeue is not a failed delivery: it is not counted.
+                db.execute(store.REQUEUE if requeue else store.ACK, (tag.row_id,))
         except Exception as exc:  # noqa: BLE001 - reported through the future
             future.set_exception(exc)
         else:
@@ -366,20 +322,12 @@ class SqliteBroker(Broker):
 
     # --- dead letters -----------------------------------------------------------------------
     def dead_letters(self, limit: int = 1000) -> list[Envelope]:
-        rows = self._read(f"SELECT {store.ENVELOPE_SQL} FROM dead ORDER BY id LIMIT ?", (limit,))
-        return [store.row_envelope(row) for row in rows]
+        with self._reading() as db:
+            return store.list_dead(db, limit)
 
     def take_dead(self, message_id: str) -> Envelope | None:
         with self._write() as db:
-            row = db.execute(
-                f"SELECT id, {store.ENVELOPE_SQL} FROM dead WHERE message_id = ? "
-                "ORDER BY id LIMIT 1",
-                (message_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute("DELETE FROM dead WHERE id = ?", (row[0],))
-        return store.row_envelope(row[1:])
+            return store.take_dead(db, message_id)
 
     def purge_dead(self) -> int:
         with self._write() as db:
@@ -399,11 +347,7 @@ class SqliteBroker(Broker):
         with self._lock:
             try:
                 with self._write() as db:
-                    db.execute(
-                        "UPDATE messages SET lease_owner = NULL, lease_token = NULL, "
-                        "lease_until = NULL WHERE lease_owner = ?",
-                        (self._owner,),
-                    )
+                    db.execute(store.RELEASE, (self._owner,))
             except BrokerError as exc:
                 log.warning(
                     "could not give back unsettled deliveries (their leases expire): %s", exc
@@ -445,7 +389,3 @@ class SqliteInbox(ReplyInbox):
         if not self._closed:
             self._closed = True
             self._broker._close_inbox(self)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -16,6 +16,7 @@ Tables (schema version 1, ``PRAGMA user_version``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -24,8 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.broker import Envelope, topic_matches
+from runner.broker import Envelope, Outgoing, Target, topic_matches
 from runner.errors import BrokerError, ConfigError
+from runner.message import H_DEAD_REASON
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_PRIORITY = 9
@@ -80,6 +84,27 @@ CREATE TABLE IF NOT EXISTS replies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, {_ENVELOPE_DDL});
 CREATE INDEX IF NOT EXISTS replies_address ON replies (address, correlation_id);
 """
+
+
+# Leases.  A message is ready when it is due and nobody holds a live lease on it.
+READY = (
+    "FROM messages WHERE queue = ? AND visible_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+)
+LEASE = (
+    "UPDATE messages SET lease_owner = ?, lease_token = ?, lease_until = ?, "
+    "deliveries = deliveries + 1 WHERE id = ?"
+)
+RENEW = "UPDATE messages SET lease_until = ? WHERE id = ? AND lease_token = ?"
+HELD = "SELECT 1 FROM messages WHERE id = ? AND lease_token = ?"
+ACK = "DELETE FROM messages WHERE id = ?"
+REQUEUE = (
+    "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL, "
+    "deliveries = MAX(deliveries - 1, 0) WHERE id = ?"
+)
+RELEASE = (
+    "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL "
+    "WHERE lease_owner = ?"
+)
 
 
 def database_path(url: str) -> Path:
@@ -212,6 +237,78 @@ def insert_reply(db: sqlite3.Connection, env: Envelope) -> bool:
         (address, *envelope_values(env)),
     )
     return True
+
+
+def send(db: sqlite3.Connection, out: Outgoing, now: float) -> None:
+    """Store one outgoing message of a settle, inside the settle's transaction.
+
+    An unroutable job becomes a dead letter saying why (the settle itself succeeds); a reply to
+    an inbox that is not open is dropped; events are dropped (nothing subscribes to them here).
+    """
+    env = out.envelope
+    if out.target is Target.JOBS:
+        queues = route(db, env.routing_key)
+        for queue in queues:
+            insert_message(db, queue, env, now + max(0.0, out.delay))
+        if not queues:
+            reason = f"unroutable: no queue is bound to routing key {env.routing_key!r}"
+            log.warning("dead-lettering job %s: %s", env.message_id, reason)
+            insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
+    elif out.target is Target.DEAD:
+        insert_dead(db, env, now)
+    elif out.target is Target.REPLY:
+        if not insert_reply(db, env):
+            log.debug("dropped reply %s: no inbox is open at %s", env.message_id, env.routing_key)
+    else:
+        log.debug("dropped event %s: the sqlite broker keeps no events", env.routing_key)
+
+
+def dead_letter(
+    db: sqlite3.Connection, row_id: int, env: Envelope, reason: str, now: float
+) -> None:
+    """Move message ``row_id`` (as ``env``) to the dead letters, saying why."""
+    log.warning("dead-lettering job %s: %s", env.message_id, reason)
+    insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
+    db.execute(ACK, (row_id,))
+
+
+def header_int(env: Envelope, name: str) -> int:
+    """An integer header, 0 when absent or not an integer."""
+    value = env.headers.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def list_dead(db: sqlite3.Connection, limit: int) -> list[Envelope]:
+    rows = db.execute(f"SELECT {_COLS} FROM dead ORDER BY id LIMIT ?", (limit,)).fetchall()
+    return [row_envelope(row) for row in rows]
+
+
+def take_dead(db: sqlite3.Connection, message_id: str) -> Envelope | None:
+    """Remove and return the oldest dead letter with ``message_id``."""
+    sql = f"SELECT id, {_COLS} FROM dead WHERE message_id = ? ORDER BY id LIMIT 1"
+    row = db.execute(sql, (message_id,)).fetchone()
+    if row is None:
+        return None
+    db.execute("DELETE FROM dead WHERE id = ?", (row[0],))
+    return row_envelope(row[1:])
+
+
+_REPLY = f"SELECT id, {_COLS} FROM replies WHERE address = ? AND correlation_id = ? ORDER BY id"
+
+
+def find_reply(db: sqlite3.Connection, address: str, correlation_id: str) -> int | None:
+    """The row id of the oldest reply waiting for ``correlation_id`` at ``address``."""
+    row = db.execute(f"{_REPLY} LIMIT 1", (address, correlation_id)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def take_reply(db: sqlite3.Connection, address: str, correlation_id: str) -> Envelope | None:
+    """Remove and return the oldest reply waiting for ``correlation_id`` at ``address``."""
+    row = db.execute(f"{_REPLY} LIMIT 1", (address, correlation_id)).fetchone()
+    if row is None:
+        return None
+    db.execute("DELETE FROM replies WHERE id = ?", (row[0],))
+    return row_envelope(row[1:])
 
 
 class Signal:
