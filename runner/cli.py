@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from dataclasses import asdict
 from typing import Any
 
@@ -22,7 +23,38 @@ EXIT_ERROR = 3
 pass_app = click.make_pass_decorator(App)
 
 
-@click.group()
+class RunnerGroup(click.Group):
+    """The top-level group; plugins add commands through ``register_commands``, loaded lazily
+    so that built-in commands never wait for (or break on) plugins."""
+
+    _plugin_commands = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugin_commands:
+            return
+        self._plugin_commands = True
+        from runner.config import load
+        from runner.plugins import make_plugins
+
+        try:
+            s = load()
+            make_plugins(s.load_plugins, s.trace_plugins, modules=s.plugins, settings=s).register_commands(self)
+        except RunnerError as exc:  # the commands that need plugins report it themselves
+            logging.getLogger(__name__).debug("plugin commands not loaded: %s", exc)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+
+@click.group(cls=RunnerGroup)
 @click.option("--debug", is_flag=True, help="Log debug detail; show tracebacks of errors.")
 @click.option("--broker-url", envvar=None, help="Broker URL (overrides RUNNER_BROKER_URL).")
 @click.version_option(package_name="runner")
@@ -124,7 +156,7 @@ def main() -> None:
         sys.exit(130)
     except RunnerError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else 0)

@@ -82,7 +82,8 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(record, indent=2))
         return
     for key in ("id", "job", "routing_key", "reason", "error", "attempts", "submitted", "worker", "exit_code", "params"):
-        click.echo(f"{key}: {record.get(key)}")
+        value = record.get(key)
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     for key in ("traceback", "stderr"):
         if record.get(key):
             click.echo(f"--- {key} ---\n{record[key].rstrip()}")

@@ -110,6 +110,8 @@ def _find_file(environ: Mapping[str, str], cwd: Path) -> tuple[Path | None, dict
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(f"RUNNER_CONFIG names {path}, which is not a file")
+        if path.name == "pyproject.toml":
+            return path, _read_toml(path).get("tool", {}).get("runner", {})
         return path, _read_toml(path)
     own = cwd / "runner.toml"
     if own.is_file():
@@ -178,6 +180,9 @@ def _convert(key: str, raw: Any, where: str) -> Any:
 
 
 def _check(settings: Settings) -> None:
+    # Inline files grow by a third in base64 and must fit in one message with the rest.
+    if settings.inline_limit > 48 * 1024 * 1024:
+        raise ConfigError("inline_limit may be at most 48MiB (messages are capped at 64MiB)")
     if not re.match(r"^[A-Za-z0-9_.:-]{1,200}$", settings.queue):
         raise ConfigError(f"queue name {settings.queue!r} is not valid")
     for route in settings.routes.values():

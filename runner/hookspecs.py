@@ -46,8 +46,9 @@ def job_started(job: JobType, message: JobMessage, worker: Any) -> None:
     """A worker starts an attempt of a job.
 
     In every job hook, ``worker`` is the :class:`~runner.worker.Worker` (``name``, ``queue``,
-    ``bindings``, ``settings``).  Job hooks run in the job's slot thread, after the job is
-    settled: keep them quick and hand slow work (mail, HTTP) to a thread of your own.
+    ``bindings``, ``settings``).  Job hooks run in the job's slot thread (this one before the
+    job starts, the others once it is settled): keep them quick and hand slow work (mail,
+    HTTP) to a thread of your own.  One failing implementation does not stop the others.
     """
 
 

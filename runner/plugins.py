@@ -80,10 +80,13 @@ class Plugins:
 
     # --- typed hook calls -------------------------------------------------------------------
     def register_commands(self, cli: click.Group) -> None:
-        self.pm.hook.register_commands(cli=cli)
+        self._observe("register_commands", cli=cli)
 
     def route_job(self, job: JobType, message: JobMessage) -> str | None:
-        result: str | None = self.pm.hook.route_job(job=job, message=message)
+        try:
+            result: str | None = self.pm.hook.route_job(job=job, message=message)
+        except Exception as exc:
+            raise PluginError(f"a route_job hook failed for job {job.name!r}: {exc}") from exc
         return result
 
     def job_started(self, job: JobType, message: JobMessage, worker: Any) -> None:
@@ -120,12 +123,12 @@ class Plugins:
         self._observe("worker_stopping", worker=worker)
 
     def _observe(self, hook: str, **kwargs: Any) -> None:
-        """Observers never break the job path: their errors are logged, not raised."""
-        try:
-            getattr(self.pm.hook, hook)(**kwargs)
-        except Exception:
-            log.exception("a %s hook implementation failed", hook)
-
+        """Observers never break the job path, nor each other: each one's error is logged."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception:
+                log.exception("plugin %s: its %s hook failed", impl.plugin_name, hook)
 
 def make_plugins(
     load: Iterable[str] | None = None,
@@ -176,7 +179,7 @@ def make_plugins(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin}: {exc}") from exc
+        raise PluginError(str(exc)) from exc
     if trace:
         pm.trace.root.setwriter(lambda msg: log.info("hook: %s", msg.rstrip()))
         pm.enable_tracing()

@@ -87,3 +87,38 @@ def test_observer_errors_never_break_the_job_path():
 
     plugins = make_plugins(load=[], extra=[plugin_module("plug_obs", job_dead=job_dead)])
     plugins.job_dead(None, "why", None, None)  # logged, not raised
+
+
+def test_plugin_commands_join_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "hello_plugin.py").write_text(
+        "import click\nfrom runner import hookimpl\n\n"
+        "@hookimpl\ndef register_commands(cli):\n"
+        "    @cli.command()\n    def hello():\n        click.echo('hello from a plugin')\n"
+    )
+    env = {**os.environ, "RUNNER_PLUGINS": "hello_plugin", "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "hello"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "hello from a plugin\n"
+    listed = subprocess.run([sys.executable, "-m", "runner.cli", "--help"], env=env, capture_output=True, text=True)
+    assert "hello" in listed.stdout
+
+
+def test_one_failing_observer_does_not_hide_the_event_from_others():
+    seen = []
+
+    class Broken:
+        @hookimpl
+        def job_dead(self, reason):
+            raise RuntimeError("observer bug")
+
+    class Listening:
+        @hookimpl
+        def job_dead(self, reason):
+            seen.append(reason)
+
+    plugins = make_plugins(load=[], extra=[Listening(), Broken()])
+    plugins.job_dead(None, "why", None, None)
+    assert seen == ["why"]

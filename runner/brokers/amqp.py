@@ -149,7 +149,8 @@ class AmqpBroker(Broker):
                 attempt, CONNECTION_ERRORS, f"connect to {self._safe_url}", 10.0, give_up_after
             )
         except CONNECTION_ERRORS as exc:
-            raise BrokerError(f"cannot connect to RabbitMQ at {self._safe_url}: {exc}") from exc
+            reason = str(exc) or type(exc).__name__
+            raise BrokerError(f"cannot connect to RabbitMQ at {self._safe_url}: {reason}") from exc
         ch = conn.channel()
         ch.confirm_delivery()
         ch.exchange_declare(JOBS_EXCHANGE, ExchangeType.topic, durable=True)  # type: ignore[arg-type]
