@@ -389,24 +389,6 @@ def test_a_consumer_that_stalls_past_its_lease_loses_the_job_cleanly(
     assert broker.queue_depth("work") == 0
 
 
-def test_unroutable_job_in_a_settle_is_dead_lettered_with_the_reason(
-    url: str, broker: SqliteBroker
-) -> None:
-    # Given a delivered job
-    broker.publish(job(message_id="first"))
-    with SqliteBroker(url) as worker:
-        delivery = InProcessConsumer(worker).next()
-        # When it is settled with a follow-up job that no queue is bound to
-        orphan = job("nowhere.resize", message_id="orphan")
-        worker.settle(delivery, [Outgoing(orphan, Target.JOBS, delay=5)]).result(WAIT)
-        worker.close()
-    # Then the settle succeeds and the follow-up is a dead letter saying why
-    [dead] = broker.dead_letters()
-    assert dead.message_id == "orphan" and dead.routing_key == "nowhere.resize"
-    assert "nowhere.resize" in dead.headers[H_DEAD_REASON]
-    assert broker.queue_depth("work") == 0
-
-
 def test_queue_depth_counts_a_delayed_job_only_once_due(broker: SqliteBroker) -> None:
     # Given a job delayed by half a second
     broker.publish(job(), delay=0.5)

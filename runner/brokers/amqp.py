@@ -127,6 +127,7 @@ class AmqpBroker(Broker):
         self._unsettled = 0
         self._replies: dict[str, Envelope] = {}
         self._consuming = False
+        self._consumer: tuple[BlockingChannel, str] | None = None
 
     # --- connection -------------------------------------------------------------------------
     def _channel(self) -> BlockingChannel:
@@ -335,18 +336,23 @@ class AmqpBroker(Broker):
                 return
             self._unsettled += 1
             tag = _Tag(method.delivery_tag, generation)
-            on_delivery(Delivery(env, bool(method.redelivered), queue, tag))
+            # A copy re-published after a lost delivery counts as redelivered too.
+            redelivered = bool(method.redelivered) or int(env.headers.get(H_DELIVERIES, 0)) > 0
+            on_delivery(Delivery(env, redelivered, queue, tag))
 
-        consumer_tag = ch.basic_consume(queue, on_message)
-        cancelled = False
+        self._consumer = (ch, ch.basic_consume(queue, on_message))
         while True:
             self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
             if self._stopping.is_set():
-                if not cancelled:
-                    ch.basic_cancel(consumer_tag)
-                    cancelled = True
+                self._cancel_consumer()
                 if self._unsettled <= 0:
                     return
+
+    def _cancel_consumer(self) -> None:
+        """Stop deliveries (connection thread only); requeued copies then wait for others."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None and consumer[0].is_open:
+            consumer[0].basic_cancel(consumer[1])
 
     def _divert(self, queue: str, method: Any, env: Envelope) -> bool:
         """Park a not-yet-due message in a delay queue, or dead-letter a crash loop.
@@ -381,7 +387,7 @@ class AmqpBroker(Broker):
         conn = self._conn
         if conn is not None and conn.is_open:
             try:
-                conn.add_callback_threadsafe(lambda: None)
+                conn.add_callback_threadsafe(self._cancel_consumer)
             except Exception:  # connection closing: the loop notices on its own
                 pass
 
@@ -401,6 +407,8 @@ class AmqpBroker(Broker):
                 for out in outgoing:
                     self._send(delivery.queue, out)
                 if requeue:
+                    if self._stopping.is_set():
+                        self._cancel_consumer()
                     # A fresh copy, so that a deliberate requeue (shutdown) is not counted as a
                     # crash the way a redelivery would be.
                     self._publish_raw("", delivery.queue, delivery.envelope, True)

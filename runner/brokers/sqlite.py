@@ -21,7 +21,7 @@ It keeps the :class:`~runner.broker.Broker` contract of the RabbitMQ transport:
 * **Waiting.** Other processes' changes are found by polling with a backoff (5 ms growing to
   ``poll_interval``); changes made in this process wake waiters at once.
 * **Events** (``Target.EVENTS``) are dropped: nothing can subscribe to them in this transport.
-  Unroutable ``Target.JOBS`` messages in a settle are dead-lettered with the reason.
+  A retry (``Target.JOBS`` in a settle) goes back to the delivery's own queue.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ class SqliteBroker(Broker):
                     )
                 now = time.time()
                 for out in outgoing:
-                    store.send(db, out, now)
+                    store.send(db, out, delivery.queue, now)
                 # A deliberate requeue is not a failed delivery: it is not counted.
                 db.execute(store.REQUEUE if requeue else store.ACK, (tag.row_id,))
         except Exception as exc:  # noqa: BLE001 - reported through the future

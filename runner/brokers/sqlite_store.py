@@ -239,21 +239,16 @@ def insert_reply(db: sqlite3.Connection, env: Envelope) -> bool:
     return True
 
 
-def send(db: sqlite3.Connection, out: Outgoing, now: float) -> None:
+def send(db: sqlite3.Connection, out: Outgoing, queue: str, now: float) -> None:
     """Store one outgoing message of a settle, inside the settle's transaction.
 
-    An unroutable job becomes a dead letter saying why (the settle itself succeeds); a reply to
-    an inbox that is not open is dropped; events are dropped (nothing subscribes to them here).
+    A retry (``Target.JOBS``) goes back to ``queue``, the one the delivery came from, as with
+    RabbitMQ; a reply to an inbox that is not open is dropped; events are dropped (nothing
+    subscribes to them here).
     """
     env = out.envelope
     if out.target is Target.JOBS:
-        queues = route(db, env.routing_key)
-        for queue in queues:
-            insert_message(db, queue, env, now + max(0.0, out.delay))
-        if not queues:
-            reason = f"unroutable: no queue is bound to routing key {env.routing_key!r}"
-            log.warning("dead-lettering job %s: %s", env.message_id, reason)
-            insert_dead(db, env.with_headers(**{H_DEAD_REASON: reason}), now)
+        insert_message(db, queue, env, now + max(0.0, out.delay))
     elif out.target is Target.DEAD:
         insert_dead(db, env, now)
     elif out.target is Target.REPLY:
