@@ -61,7 +61,7 @@ class RunnerGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, broker_url: str | None) -> None:
     """runner: a distributed job runner for system-command and media-processing jobs."""
-    daemon = ctx.invoked_subcommand in ("worker", "run")
+    daemon = ctx.invoked_subcommand == "worker"
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO if daemon else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
