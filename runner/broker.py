@@ -201,8 +201,33 @@ class Broker(abc.ABC):
         self.close()
 
 
+# Tuning the embedded broker from its URL: sqlite:///path?lease=10&poll_interval=0.05
+SQLITE_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "lease": float,
+    "poll_interval": float,
+    "busy_timeout": float,
+    "synchronous": str.upper,
+}
+
+
+def _url_options(query: str, known: Mapping[str, Callable[[str], Any]]) -> dict[str, Any]:
+    from urllib.parse import parse_qsl
+
+    from runner.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in known:
+            raise ConfigError(f"unknown broker URL option {key!r} (known: {', '.join(known)})")
+        try:
+            out[key] = known[key](value)
+        except ValueError:
+            raise ConfigError(f"broker URL option {key}={value!r} is not valid") from None
+    return out
+
+
 def connect(url: str, **options: Any) -> Broker:
-    """Open the broker that ``url`` names (``amqp://…`` or ``sqlite:///path``)."""
+    """Open the broker that ``url`` names (``amqp://…`` or ``sqlite:///path[?options]``)."""
     from runner.errors import ConfigError
 
     scheme = url.split(":", 1)[0].lower()
@@ -213,5 +238,6 @@ def connect(url: str, **options: Any) -> Broker:
     if scheme == "sqlite":
         from runner.brokers.sqlite import SqliteBroker
 
-        return SqliteBroker(url, **options)
+        base, _, query = url.partition("?")
+        return SqliteBroker(base, **{**_url_options(query, SQLITE_URL_OPTIONS), **options})
     raise ConfigError(f"unsupported broker URL {url!r}: use amqp://… or sqlite:///path")

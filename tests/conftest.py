@@ -93,10 +93,10 @@ class WorkerProcess:
         with self.changed:
             self.changed.notify_all()
 
-    def wait_for_log(self, text: str, timeout: float = 30) -> str:
-        """Wait until a log line contains ``text``; return that line."""
+    def wait_for_log(self, text: str, timeout: float = 30, since: int = 0) -> str:
+        """Wait until a log line (from line ``since`` on) contains ``text``; return that line."""
         def found() -> str | None:
-            hit = [line for line in self.lines if text in line]
+            hit = [line for line in self.lines[since:] if text in line]
             return hit[0] if hit else None
 
         with self.changed:

@@ -88,3 +88,9 @@ def register_sandbox_probes(register):
         name="bigoutput", argv=lambda p, ctx: ["sh", "-c", f"head -c {p['size']} /dev/zero > out/big.bin"],
         params=[click.Option(["--size"], type=int, required=True)], retry=RetryPolicy(attempts=1),
     ))
+
+
+@hookimpl(specname="register_jobs")
+def register_trivial(register):
+    register(JobType(name="noop", help="Do nothing, quickly.", argv=lambda p, ctx: ["true"],
+                     params=[click.Option(["--n"], type=int, default=0)], retry=FAST))
