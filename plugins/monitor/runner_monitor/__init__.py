@@ -1,0 +1,1 @@
+"""runner first-party plugin: lifecycle events and the monitor (under construction)."""
