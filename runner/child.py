@@ -1,7 +1,8 @@
 """Entry point of the child interpreter that runs a function job.
 
-``python -m runner.child SPEC_FD RESULT_FD``: reads the spec (function, params, context) as JSON
-from one inherited file descriptor and writes the outcome as JSON to the other.  It runs inside
+``python -I -c <boot> RUNNER_PARENT SPEC_FD RESULT_FD`` (see :data:`runner.execution.CHILD_BOOT`):
+reads the spec (function, import path, params, context) as JSON from one inherited file
+descriptor and writes the outcome as JSON to the other.  It runs inside
 the sandbox, so nothing here can reach the worker's memory or environment; the traceback it
 reports is the job's own.
 """
@@ -21,6 +22,10 @@ from runner.jobs import JobContext
 
 
 def _call(spec: dict[str, Any]) -> dict[str, Any]:
+    # The interpreter is isolated (-I): the job's module is found through the directories the
+    # worker names, never through the work directory or PYTHON* variables.
+    extra = [p for p in spec.get("path", []) if isinstance(p, str) and p not in sys.path]
+    sys.path[1:1] = extra
     module_name, _, func_name = spec["function"].partition(":")
     ctx = JobContext(
         job_id=spec["context"]["job_id"],

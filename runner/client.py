@@ -24,6 +24,7 @@ from runner.errors import JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
 from runner.message import FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
+from runner.signing import Signer, signer_from_settings
 
 
 class WaitTimeout(RunnerError):
@@ -60,12 +61,18 @@ class JobHandle:
 
 
 class Client:
-    """Submits jobs through a broker, validating them against the installed job types."""
+    """Submits jobs through a broker, validating them against the installed job types.
 
-    def __init__(self, broker: Broker, plugins: Plugins, settings: Settings) -> None:
+    With ``[signing] key`` configured (or a ``signer`` given) every job is signed.
+    """
+
+    def __init__(
+        self, broker: Broker, plugins: Plugins, settings: Settings, signer: Signer | None = None
+    ) -> None:
         self.broker = broker
         self.plugins = plugins
         self.settings = settings
+        self.signer = signer or signer_from_settings(settings.signing, settings.base_dir("signing"))
         self._inbox: ReplyInbox | None = None
 
     @classmethod
@@ -126,6 +133,8 @@ class Client:
                 self._inbox = self.broker.reply_inbox()
             inbox = self._inbox
         envelope = message.to_envelope(reply_to=inbox.address if inbox else None)
+        if self.signer is not None:
+            envelope = self.signer.sign(envelope, delay=delay)
         self.broker.publish(envelope, delay=delay)
         return JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
 

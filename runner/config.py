@@ -51,18 +51,26 @@ class Settings:
     jobs: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
     sandbox: Mapping[str, Any] = field(default_factory=dict)
+    signing: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def effective_bindings(self) -> tuple[str, ...]:
         return self.bindings or (f"{self.queue}.#",)
 
+    def base_dir(self, key: str) -> Path:
+        """Where relative paths of setting ``key`` start: its config file's directory, or cwd."""
+        source = self.sources.get(key, "")
+        if source and source not in ("default", "flag") and not source.startswith("env "):
+            return Path(source).parent
+        return Path.cwd()
+
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
 
 
 _SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
-_TABLES = {"routes", "jobs", "notify", "sandbox"}
+_TABLES = {"routes", "jobs", "notify", "sandbox", "signing"}
 
 
 def load(

@@ -8,6 +8,8 @@ or failed for good, with the error, traceback and output tails for the result.
 from __future__ import annotations
 
 import enum
+import functools
+import importlib.util
 import json
 import logging
 import os
@@ -18,13 +20,24 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import sandbox
 from runner.jobs import JobContext, JobType
 from runner.message import FileData, JobMessage, JobResult, JobStatus
 
+if TYPE_CHECKING:
+    from runner.jail import Jail
+
 log = logging.getLogger(__name__)
+
+
+# The child interpreter runs isolated (-I: no PYTHON* variables, no user site, no script or cwd
+# directory on sys.path); the runner package's own parent is put first explicitly.
+CHILD_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from runner.child import main; sys.exit(main(sys.argv))"
+)
 
 
 class OutputTooLarge(Exception):
@@ -55,12 +68,18 @@ def execute(
     grace: float = 5.0,
     output_limit: int = 16 * 1024 * 1024,
     cancel: threading.Event | None = None,
+    jail: Jail | None = None,
+    slot: int = 0,
 ) -> Attempt:
-    """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``."""
+    """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
+
+    With a ``jail`` the job runs in its sandbox, as the uid of job slot ``slot`` when the
+    worker is root; without one, only the basic layer applies.
+    """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
-        return _attempt(job, message, params, base, worker, grace, output_limit, cancel)
+        return _attempt(job, message, params, base, worker, grace, output_limit, cancel, jail, slot)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -74,10 +93,19 @@ def _attempt(
     grace: float,
     output_limit: int,
     cancel: threading.Event | None,
+    jail: Jail | None,
+    slot: int,
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
-    for d in (ctx.in_dir, ctx.out_dir, ctx.tmp_dir):
-        d.mkdir(parents=True)
+    owner = jail.uid_for(slot) if jail is not None else None
+    for d in (ctx.workdir, ctx.in_dir, ctx.out_dir, ctx.tmp_dir):
+        d.mkdir(mode=0o700)
+        if owner is not None:
+            os.chown(d, owner, owner)
+    if owner is not None:
+        # bwrap enters the directory as a capability-less root before dropping to the slot
+        # uid; its parent (``base``, root's, 0700) keeps everyone else out.
+        os.chmod(ctx.workdir, 0o711)
     logs = base / "log"
     logs.mkdir()
     args = dict(params)
@@ -86,9 +114,18 @@ def _attempt(
             f = message.files[name]
             path = ctx.in_dir / f.name
             path.write_bytes(f.data)
+            if owner is not None:
+                os.chown(path, owner, owner)
             args[name] = str(path)
     timeout = message.options.timeout or job.timeout
     env = sandbox.job_environment(ctx.tmp_dir)
+
+    def run(argv: list[str], read_only: tuple[str, ...] = (), fds: tuple[int, ...] = ()) -> sandbox.Completed:
+        launch = jail.prepare(job.sandbox, argv, ctx.workdir, slot, read_only) if jail else None
+        return sandbox.run(
+            argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout, grace=grace,
+            env=env, pass_fds=fds, cancel=cancel, launch=launch,
+        )
 
     def finish(verdict: Verdict, completed: sandbox.Completed, **fields: Any) -> Attempt:
         delay = fields.pop("delay", None)
@@ -108,10 +145,12 @@ def _attempt(
 
     if job.function is not None:
         spec_path, result_path = logs / "spec.json", logs / "result.json"
+        binds, import_path = python_paths(job.function)
         spec_path.write_text(
             json.dumps(
                 {
                     "function": job.function,
+                    "path": list(import_path),
                     "params": args,
                     "context": {
                         "job_id": ctx.job_id,
@@ -125,11 +164,8 @@ def _attempt(
         spec_fd = os.open(spec_path, os.O_RDONLY)
         result_fd = os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            argv = [sys.executable, "-m", "runner.child", str(spec_fd), str(result_fd)]
-            done = sandbox.run(
-                argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout,
-                grace=grace, env=env, pass_fds=(spec_fd, result_fd), cancel=cancel,
-            )
+            argv = [sys.executable, "-I", "-c", CHILD_BOOT, runner_parent(), str(spec_fd), str(result_fd)]
+            done = run(argv, binds, (spec_fd, result_fd))
         finally:
             os.close(spec_fd)
             os.close(result_fd)
@@ -137,10 +173,7 @@ def _attempt(
     else:
         assert job.argv is not None
         argv = [str(a) for a in job.argv(args, ctx)]
-        done = sandbox.run(
-            argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout,
-            grace=grace, env=env, cancel=cancel,
-        )
+        done = run(argv)
         outcome = None
 
     if done.cancelled:
@@ -150,9 +183,11 @@ def _attempt(
     succeeded = (outcome is not None and outcome.get("ok")) or (
         outcome is None and job.function is None and done.exit_code == 0
     )
+    if done.usage.get("oom_kills"):
+        return finish(Verdict.FATAL, done, error=f"killed: out of memory (limit {job.sandbox.memory} bytes)")
     if succeeded:
         try:
-            outputs = collect_outputs(ctx.out_dir, output_limit)
+            outputs = collect_outputs(ctx.out_dir, output_limit, owner)
         except OutputTooLarge as exc:
             return finish(Verdict.FATAL, done, error=str(exc))
         value = outcome.get("value") if outcome else None
@@ -170,8 +205,10 @@ def _attempt(
             verdict, done, error=outcome.get("error"), traceback=outcome.get("traceback"),
             delay=outcome.get("delay"),
         )
-    if done.signal is not None:
-        error = f"killed by signal {done.signal}"
+    if done.signal is not None or (done.exit_code or 0) > 128 and jail is not None and "bwrap" in jail.layers:
+        # bwrap reports a job killed by a signal as exit status 128 + signal.
+        sig = done.signal if done.signal is not None else (done.exit_code or 0) - 128
+        error = f"killed by signal {sig}"
         verdict = Verdict.RETRY
     else:
         code = done.exit_code if done.exit_code is not None else -1
@@ -190,27 +227,75 @@ def _read_outcome(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def collect_outputs(out_dir: Path, limit: int) -> tuple[FileData, ...]:
+def collect_outputs(out_dir: Path, limit: int, owner: int | None = None) -> tuple[FileData, ...]:
     """Regular files at the top of ``out/``, never following a symlink; at most ``limit`` bytes.
 
-    A job could plant a symlink to a file only the worker can read; opening with O_NOFOLLOW and
-    checking the opened file's type makes that a skipped entry, not a leak.
+    Everything the job wrote is hostile: ``out/`` itself may have been replaced by a symlink,
+    an entry may be a symlink or hard link to a file only the worker can read, or a FIFO that
+    would block a read.  Directories and files are opened relative to descriptors with
+    ``O_NOFOLLOW``, and only regular files with one link, owned by the job's uid (``owner``,
+    default the worker's), are taken; anything else is skipped with a warning.
     """
+    owner = os.geteuid() if owner is None else owner
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        job_fd = os.open(out_dir.parent, flags | os.O_DIRECTORY)
+    except OSError:
+        return ()
+    try:
+        out_fd = os.open(out_dir.name, flags | os.O_DIRECTORY, dir_fd=job_fd)
+    except OSError:
+        log.warning("%s is not a directory; no outputs collected", out_dir.name)
+        return ()
+    finally:
+        os.close(job_fd)
     files: list[FileData] = []
     total = 0
-    for entry in sorted(os.scandir(out_dir), key=lambda e: e.name):
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            log.warning("output %s skipped: not a regular file", entry.name)
-            continue
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                log.warning("output %s skipped: not a regular file", entry.name)
+    try:
+        for name in sorted(os.listdir(out_fd)):
+            try:
+                fd = os.open(name, flags | os.O_NONBLOCK, dir_fd=out_fd)
+            except OSError:
+                log.warning("output %s skipped: not a regular file", name)
                 continue
-            total += st.st_size
-            if total > limit:
-                raise OutputTooLarge(f"outputs exceed the inline limit of {limit} bytes")
-            files.append(FileData(name=entry.name, data=fh.read()))
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
+                    log.warning("output %s skipped: not a regular file of the job's own", name)
+                    continue
+                total += st.st_size
+                if total > limit:
+                    raise OutputTooLarge(f"outputs exceed the inline limit of {limit} bytes")
+                files.append(FileData(name=name, data=fh.read(limit + 1)))
+    finally:
+        os.close(out_fd)
     return tuple(files)
+
+
+def runner_parent() -> str:
+    """The directory that holds the ``runner`` package."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+@functools.lru_cache(maxsize=None)
+def python_paths(function: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a function job's interpreter must see: (paths to bind read-only, import path).
+
+    The interpreter's installation (standard library, site-packages), the runner package and
+    the package or module that holds ``function``; nothing else of the host.
+    """
+    binds = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parent)]
+    import_path: list[str] = []
+    top = function.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            binds.append(location)
+            import_path.append(os.path.dirname(location))
+    elif spec is not None and spec.origin and os.path.isabs(spec.origin):
+        binds.append(spec.origin)
+        import_path.append(os.path.dirname(spec.origin))
+    return tuple(binds), tuple(dict.fromkeys(import_path))

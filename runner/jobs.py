@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from runner.errors import JobError, PluginError
+from runner.errors import ConfigError, JobError, PluginError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -68,10 +68,11 @@ class SandboxProfile:
 
     Attributes:
         network: whether the job may use the network (enforced from the namespace layer on).
-        memory: address-space limit in bytes.
+        memory: memory limit in bytes: a cgroup limit where the host allows (the job is
+            OOM-killed past it), else an address-space rlimit.
         cpu_seconds: CPU time limit.
-        processes: process-count limit (RLIMIT_NPROC counts per uid, so it bites only with a
-            per-slot uid; see docs/security.md).
+        processes: process (task) limit: cgroup ``pids.max`` where the host allows, and
+            RLIMIT_NPROC when the job has its own slot uid (see docs/security.md).
         file_size: largest file the job may write, in bytes.
         open_files: open file descriptors.
         output_limit: bytes of stdout/stderr kept (the tail).
@@ -80,10 +81,70 @@ class SandboxProfile:
     network: bool = False
     memory: int | None = 2 << 30
     cpu_seconds: int | None = None
-    processes: int | None = None
+    processes: int | None = 512
     file_size: int | None = 1 << 30
     open_files: int | None = 1024
     output_limit: int = 64 * 1024
+
+
+_PROFILE_SIZES = ("memory", "file_size", "output_limit")
+_PROFILE_COUNTS = ("cpu_seconds", "processes", "open_files")
+
+
+def tighten(job: JobType, table: Mapping[str, Any]) -> JobType:
+    """Apply an operator's ``[jobs.NAME.sandbox]`` table to a job type.
+
+    Limits may only get stricter (a smaller number, network off, a shorter ``timeout``) unless
+    the table says ``allow_loosen = true``.  ``"none"`` removes a limit, which is loosening.
+
+    Raises:
+        ConfigError: an unknown key, a bad value, or loosening without ``allow_loosen``.
+    """
+    from runner.config import parse_duration, parse_size
+
+    where = f"[jobs.{job.name}.sandbox]"
+    loosen = table.get("allow_loosen", False)
+    if not isinstance(loosen, bool):
+        raise ConfigError(f"{where} allow_loosen: expected true or false")
+    profile, timeout = job.sandbox, job.timeout
+    changes: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key == "allow_loosen":
+            continue
+        if key == "network":
+            if not isinstance(raw, bool):
+                raise ConfigError(f"{where} network: expected true or false")
+            if raw and not profile.network and not loosen:
+                raise ConfigError(f"{where} network = true would loosen the job type's profile "
+                                  "(no network); set allow_loosen = true to allow it")
+            changes["network"] = raw
+            continue
+        if key == "timeout":
+            value = parse_duration(raw, f"{where} timeout")
+            if value > timeout and not loosen:
+                raise ConfigError(f"{where} timeout = {raw!r} is longer than the job type's "
+                                  f"{timeout:g}s; set allow_loosen = true to allow it")
+            timeout = value
+            continue
+        if key not in _PROFILE_SIZES + _PROFILE_COUNTS:
+            known = ", ".join(("allow_loosen", "network", "timeout", *_PROFILE_SIZES, *_PROFILE_COUNTS))
+            raise ConfigError(f"{where} unknown key {key!r} (known: {known})")
+        limit: int | None
+        if isinstance(raw, str) and raw.lower() in ("none", "unlimited"):
+            limit = None
+        elif key in _PROFILE_SIZES:
+            limit = parse_size(raw, f"{where} {key}")
+        elif isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            limit = raw
+        else:
+            raise ConfigError(f"{where} {key}: expected a positive integer or \"none\"")
+        current = getattr(profile, key)
+        looser = current is not None and (limit is None or limit > current)
+        if looser and not loosen:
+            raise ConfigError(f"{where} {key} = {raw!r} would loosen the job type's limit of "
+                              f"{current}; set allow_loosen = true to allow it")
+        changes[key] = limit
+    return replace(job, sandbox=replace(profile, **changes), timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -232,6 +293,4 @@ class Registry:
 
 
 def _with_plugin(job: JobType, plugin: str) -> JobType:
-    from dataclasses import replace
-
     return replace(job, plugin=job.plugin or plugin)

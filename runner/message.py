@@ -32,6 +32,9 @@ MAX_HISTORY = 20
 MAX_BODY = 64 * 1024 * 1024
 MAX_NAME = 200
 MAX_PRIORITY = 9
+MAX_PARAMS = 256  # parameters of one job
+MAX_FILES = 64  # input files of one job
+MAX_HEADER = 256 * 1024  # characters of one string header (the attempt history is the largest)
 
 
 class JobStatus(str, enum.Enum):
@@ -169,9 +172,16 @@ class JobMessage:
         params = obj.get("params")
         if not isinstance(params, dict):
             raise MessageError("params: expected an object")
+        if len(params) > MAX_PARAMS:
+            raise MessageError(f"params: more than {MAX_PARAMS} parameters")
         files_obj = obj.get("files", {})
         if not isinstance(files_obj, dict):
             raise MessageError("files: expected an object")
+        if len(files_obj) > MAX_FILES:
+            raise MessageError(f"files: more than {MAX_FILES} input files")
+        for key, value in env.headers.items():
+            if isinstance(value, (str, bytes)) and len(value) > MAX_HEADER:
+                raise MessageError(f"header {str(key)[:100]!r} is longer than {MAX_HEADER}")
         files = {k: FileData.from_json(v, f"files.{k}") for k, v in files_obj.items()}
         opts = obj.get("options", {})
         if not isinstance(opts, dict):
@@ -199,6 +209,19 @@ class JobMessage:
             created_at=created,
             history=history,
         )
+
+
+def retry_envelope(env: Envelope, attempt: int, history: tuple[Mapping[str, Any], ...]) -> Envelope:
+    """The next attempt of a job: the delivered envelope, body and signature untouched.
+
+    Only the attempt number and history change (both outside the signature), and the broker's
+    redelivery count starts over.
+    """
+    headers = {k: v for k, v in env.headers.items() if k != H_DELIVERIES}
+    headers[H_ATTEMPT] = attempt
+    if history:
+        headers[H_HISTORY] = _dump(list(history)[-MAX_HISTORY:]).decode()
+    return replace(env, headers=headers)
 
 
 @dataclass(frozen=True)

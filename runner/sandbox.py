@@ -1,17 +1,19 @@
-"""Running one job process, contained.
+"""Running one job process, contained, and waiting for it.
 
 The basic layer (DESIGN §7.1), always on: the job gets its own session and process group (the
 whole tree is killed on timeout: SIGTERM, a grace period, then SIGKILL, and any process the job
-left behind is killed when it exits), a parent-death signal, rlimits, a scrubbed environment,
-a private work directory, stdin closed and output captured to files with a size cap.
+left behind is killed when it exits), a scrubbed environment, stdin closed and output captured
+to files with a size cap.  The other layers (rlimits, parent-death signal, slot uid, bubblewrap,
+seccomp, cgroups) are an exec chain that :class:`runner.jail.Jail` prepares; without one,
+:func:`limit_chain` gives the basic rlimits and parent-death signal.
 
-No Python code runs between fork and exec in the (multithreaded) worker: limits and the
-parent-death signal are applied by an exec chain of util-linux tools (``prlimit`` then
-``setpriv``), and the session is created by :class:`subprocess.Popen` itself.
+No Python code runs between fork and exec in the (multithreaded) worker: everything is done by
+the programs of the chain, and the session is created by :class:`subprocess.Popen` itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -20,12 +22,17 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from runner import reaper
 from runner.errors import RunnerError
 from runner.jobs import SandboxProfile
+
+if TYPE_CHECKING:
+    from runner.jail import Launch
 
 log = logging.getLogger(__name__)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -43,6 +50,7 @@ class Completed:
     stdout: str
     stderr: str
     duration: float
+    usage: dict[str, int] = field(default_factory=dict)  # cgroup figures: oom_kills, ...
 
 
 def _tool(name: str) -> str:
@@ -88,29 +96,49 @@ def run(
     env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
     cancel: threading.Event | None = None,
+    launch: Launch | None = None,
 ) -> Completed:
     """Run ``argv`` in the sandbox and wait for it, at most ``timeout`` seconds.
 
     ``logs`` is a directory outside the job's reach where stdout and stderr are captured.
-    Setting ``cancel`` ends the job early the same way a timeout does.
+    Setting ``cancel`` ends the job early the same way a timeout does.  With ``launch`` (from
+    :meth:`runner.jail.Jail.prepare`) its chain replaces the basic one, and its cgroup is
+    killed and its figures read when the job ends.
     """
-    chain = [*limit_chain(profile), *argv]
-    log.debug("exec %s", chain)
+    if launch is None:
+        chain = [*limit_chain(profile), *argv]
+        log.debug("exec %s", chain)
+    else:
+        chain = launch.argv
+    fds = tuple(pass_fds) + tuple(launch.pass_fds if launch else ())
     logs.mkdir(parents=True, exist_ok=True)
     out_path, err_path = logs / "stdout", logs / "stderr"
     started = time.monotonic()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
-            chain,
-            cwd=cwd,
-            env=dict(env) if env is not None else job_environment(cwd),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
+    with out_path.open("wb") as out, err_path.open("wb") as err, _cleanup_on_error(launch):
+        proc = reaper.spawn(
+            lambda: subprocess.Popen(  # noqa: S603 - argv list, never a shell
+                chain,
+                cwd=cwd,
+                env=dict(env) if env is not None else job_environment(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=fds,
+            ),
+            lambda p: p.pid,
         )
+    if launch is not None:
+        launch.close()
+    with reaper.tracking(proc.pid):
+        return _wait(proc, timeout, grace, cancel, launch, profile, out_path, err_path, started)
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], timeout: float, grace: float, cancel: threading.Event | None,
+    launch: Launch | None, profile: SandboxProfile, out_path: Path, err_path: Path, started: float,
+) -> Completed:
     timed_out = cancelled = False
     deadline = started + timeout
     # A pidfd turns readable when the job exits but before it is reaped, so its process group
@@ -131,12 +159,19 @@ def run(
                 cancelled = True
                 break
         if timed_out or cancelled:
-            _terminate(proc, poller, grace)
-        # Anything the job left running in its process group goes too.
+            _terminate(proc, poller, grace, launch)
+        # Anything the job left running in its process group goes too, and with a cgroup,
+        # anything it started anywhere (a daemon in a new session included).
         _killpg(proc.pid, signal.SIGKILL)
+        if launch is not None and launch.cgroup is not None:
+            launch.cgroup.kill()
     finally:
         os.close(pidfd)
         proc.wait()
+        usage: dict[str, int] = {}
+        if launch is not None and launch.cgroup is not None:
+            usage = launch.cgroup.stats()
+            launch.cgroup.remove()
     code = proc.returncode
     return Completed(
         exit_code=code if code >= 0 else None,
@@ -146,11 +181,31 @@ def run(
         stdout=tail(out_path, profile.output_limit),
         stderr=tail(err_path, profile.output_limit),
         duration=time.monotonic() - started,
+        usage=usage,
     )
 
 
-def _terminate(proc: subprocess.Popen[bytes], poller: select.poll, grace: float) -> None:
-    _killpg(proc.pid, signal.SIGTERM)
+@contextlib.contextmanager
+def _cleanup_on_error(launch: Launch | None) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if launch is not None:
+            launch.close()
+            if launch.cgroup is not None:
+                launch.cgroup.remove()
+        raise
+
+
+def _terminate(
+    proc: subprocess.Popen[bytes], poller: select.poll, grace: float, launch: Launch | None
+) -> None:
+    if launch is not None and launch.cgroup is not None and launch.uid is not None:
+        # Inside bwrap the job is not in our process group, and bwrap itself would answer
+        # SIGTERM by killing the sandbox at once: signal the job's own processes instead.
+        launch.cgroup.signal(signal.SIGTERM, launch.uid)
+    else:
+        _killpg(proc.pid, signal.SIGTERM)
     if not poller.poll(grace * 1000):
         _killpg(proc.pid, signal.SIGKILL)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import tempfile
 import threading
@@ -22,21 +23,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from runner import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target
 from runner.config import Settings
-from runner.errors import JobError, MessageError
+from runner.errors import ConfigError, JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
-from runner.jobs import JobType
+from runner.jail import Jail
+from runner.jobs import JobType, tighten
 from runner.message import (
+    H_ATTEMPT,
     H_DEAD_ERROR,
     H_DEAD_REASON,
     MAX_HISTORY,
     JobMessage,
     JobResult,
     JobStatus,
+    retry_envelope,
 )
 from runner.plugins import Plugins
+from runner.probe import probe
 from runner.retry import next_delay, policy_for
+from runner.signing import Signed, Verifier, verifier_from_settings
 
 log = logging.getLogger(__name__)
 H_DEAD_RESULT = "x-runner-result"
@@ -64,22 +71,57 @@ class Worker:
         self._stopping = threading.Event()
         self.ready = threading.Event()  # set once the worker is consuming
         self.processed = 0
+        self.jail: Jail | None = None
+        self.verifier: Verifier | None = None
+        self._jobs: dict[str, JobType] = {}
+        self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(self.concurrency):
+            self._slots.put(slot)
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Consume until :meth:`stop`; blocks the calling thread."""
-        self.broker.declare_queue(self.queue, self.bindings)
-        log.info(
-            "worker %s consuming queue %s (bindings %s) with %d slots on %s",
-            self.name, self.queue, ", ".join(self.bindings), self.concurrency, self.broker.url,
-        )
-        self.plugins.worker_started(self)
-        self.ready.set()
+        """Consume until :meth:`stop`; blocks the calling thread.
+
+        Raises:
+            ConfigError: a layer named in ``[sandbox] require`` is not available here, or the
+                sandbox or signing settings are wrong; nothing was consumed.
+        """
+        self._start_sandbox()
         try:
-            self.broker.consume(self.queue, self.concurrency, self._on_delivery)
+            self.broker.declare_queue(self.queue, self.bindings)
+            log.info(
+                "worker %s consuming queue %s (bindings %s) with %d slots on %s",
+                self.name, self.queue, ", ".join(self.bindings), self.concurrency, self.broker.url,
+            )
+            self.plugins.worker_started(self)
+            self.ready.set()
+            try:
+                self.broker.consume(self.queue, self.concurrency, self._on_delivery)
+            finally:
+                self._pool.shutdown(wait=True)
+                log.info("worker %s stopped after %d jobs", self.name, self.processed)
         finally:
-            self._pool.shutdown(wait=True)
-            log.info("worker %s stopped after %d jobs", self.name, self.processed)
+            if self.jail is not None:
+                self.jail.close()
+
+    def _start_sandbox(self) -> None:
+        """Process hygiene, the host probe, job profiles and message verification; or refuse."""
+        reaper.install()
+        self.verifier = verifier_from_settings(
+            self.settings.signing, self.settings.base_dir("signing"), self.bindings
+        )
+        if self.verifier is None:
+            log.warning(
+                "message signing is off ([signing] trusted is not set): anyone who can publish "
+                "to the broker can run jobs on this worker"
+            )
+        for job in self.plugins.jobs:
+            table = (self.settings.jobs.get(job.name) or {}).get("sandbox")
+            if table is not None and not isinstance(table, dict):
+                raise ConfigError(f"[jobs.{job.name}.sandbox]: expected a table")
+            self._jobs[job.name] = tighten(job, table) if table else job
+        self.jail = Jail(probe(), self.settings.sandbox, self.concurrency)
+        log.info("%s", self.jail.describe())
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish for ``grace`` seconds, then requeue them.
@@ -115,23 +157,31 @@ class Worker:
 
     def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
+        signed: Signed | None = None
         try:
+            if self.verifier is not None:  # before anything reads the body
+                signed = self.verifier.verify(env, _attempt_of(env))
             message = JobMessage.from_envelope(env)
-            job = self.plugins.jobs.get(message.job)
+            job = self._jobs.get(message.job) or self.plugins.jobs.get(message.job)
             params = job.validate(message.params, message.files)
+            allowed = policy_for(job.retry, message.options.retries).attempts
+            if message.attempt > allowed:
+                raise MessageError(f"attempt {message.attempt} is past the job's {allowed} attempts")
         except (MessageError, JobError) as exc:
             self._reject_unrunnable(delivery, str(exc))
             return
         cancel = threading.Event()
         with self._lock:
             self._running[message.id] = cancel
+        slot = self._slots.get()
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
             self.plugins.job_started(job, message, self)
             try:
                 attempt = execute(
                     job, message, params, root=self.workroot, worker=self.name,
-                    output_limit=self.settings.inline_limit, cancel=cancel,
+                    output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
+                    slot=slot,
                 )
             except Exception as exc:
                 # The worker's side failed (disk full, missing tool): an ordinary failed attempt,
@@ -141,17 +191,20 @@ class Worker:
                     id=message.id, job=job.name, status=JobStatus.FAILED,
                     attempts=message.attempt, error=f"worker error: {exc}", worker=self.name,
                 ))
-            self._finish(delivery, message, job, attempt)
+            if self._finish(delivery, message, job, attempt) and signed and self.verifier:
+                self.verifier.settled(env, signed, message.attempt)
         finally:
+            self._slots.put(slot)
             with self._lock:
                 self._running.pop(message.id, None)
                 self._lock.notify_all()
 
-    def _finish(self, delivery: Delivery, message: JobMessage, job: JobType, attempt: Attempt) -> None:
+    def _finish(self, delivery: Delivery, message: JobMessage, job: JobType, attempt: Attempt) -> bool:
+        """Publish the outcome and settle; True when this attempt is done for good here."""
         reply_to = delivery.envelope.reply_to
         if attempt.verdict is Verdict.CANCELLED:
             self._settle(delivery, (), requeue=True)
-            return
+            return False
         entry = {
             "attempt": message.attempt,
             "worker": self.name,
@@ -166,12 +219,14 @@ class Worker:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
             if self._settle(delivery, out):
                 self.plugins.job_succeeded(job, message, result, self)
-            return
+                return True
+            return False
         delay = None
         if attempt.verdict is Verdict.RETRY:
             delay = next_delay(policy_for(job.retry, message.options.retries), message.attempt, attempt.delay)
         if delay is not None:
-            retry_env = replace(message.next_attempt(), history=history).to_envelope(reply_to)
+            # The delivered envelope itself goes back, so the producer's signature stays valid.
+            retry_env = retry_envelope(delivery.envelope, message.attempt + 1, history)
             log.info(
                 "job %s %s attempt %d failed (%s); retry in %.1fs",
                 message.id, job.name, message.attempt, result.error, delay,
@@ -179,7 +234,8 @@ class Worker:
             if self._settle(delivery, [Outgoing(retry_env, Target.JOBS, delay)]):
                 self.plugins.job_failed(job, message, result, False, self)
                 self.plugins.job_retrying(job, message, result, delay, self)
-            return
+                return True
+            return False
         reason = "attempts exhausted" if attempt.verdict is Verdict.RETRY else "failed for good"
         log.warning("job %s %s dead after %d attempts: %s", message.id, job.name, message.attempt, result.error)
         out = [Outgoing(_dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
@@ -188,6 +244,8 @@ class Worker:
         if self._settle(delivery, out):
             self.plugins.job_failed(job, message, result, True, self)
             self.plugins.job_dead(message, reason, result, self)
+            return True
+        return False
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""
@@ -219,6 +277,11 @@ class Worker:
         with self._lock:
             self.processed += 1
         return True
+
+
+def _attempt_of(env: Envelope) -> int:
+    value = env.headers.get(H_ATTEMPT, 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
 def _dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
