@@ -139,6 +139,10 @@ def config_cmd(app: App, as_json: bool) -> None:
 from runner.cli_dead import dead  # noqa: E402 - registered after the group exists
 
 cli.add_command(dead)
+from runner.cli_security import doctor, keys  # noqa: E402
+
+cli.add_command(doctor)
+cli.add_command(keys)
 
 
 def main() -> None:
