@@ -1,0 +1,140 @@
+"""Hostile job types for the attack suite (loaded with RUNNER_PLUGINS=attack_jobs).
+
+Every payload is bounded in count and time, writes only under /tmp or its work dir, and talks
+only to the 127.0.0.1 listeners the test opens.  Each reports what it managed to do, so the test
+can assert that the attack failed rather than guess from an exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import click
+
+from runner import JobContext, JobType, RetryPolicy, SandboxProfile, hookimpl
+
+ONCE = RetryPolicy(attempts=1)
+SLEEPER_SECONDS = 20  # forked sleepers exit by themselves even if nothing kills them
+
+
+def fork_bomb(ctx: JobContext, tries: int) -> dict:
+    created = failed = 0
+    for _ in range(tries):
+        try:
+            pid = os.fork()
+        except OSError:
+            failed += 1
+            continue
+        if pid == 0:
+            time.sleep(SLEEPER_SECONDS)
+            os._exit(0)
+        created += 1
+    return {"created": created, "failed": failed}
+
+
+def memory_hog(ctx: JobContext, megabytes: int) -> int:
+    chunks = []
+    for i in range(megabytes // 16):
+        chunk = bytearray(16 << 20)
+        chunk[::4096] = b"x" * len(chunk[::4096])  # touch every page
+        chunks.append(chunk)
+        print(f"reached {(i + 1) * 16} MiB", flush=True)
+    return len(chunks) * 16
+
+
+def write_outside(ctx: JobContext, targets: str) -> dict:
+    done = {}
+    for path in targets.split(","):
+        try:
+            with open(path, "w") as fh:
+                fh.write("written by a job\n")
+            done[path] = "written"
+        except OSError as exc:
+            done[path] = f"refused: {exc.strerror}"
+    return done
+
+
+def read_file(ctx: JobContext, path: str) -> str:
+    try:
+        with open(path) as fh:
+            return "read: " + fh.read(200)
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+
+
+def find_secret(ctx: JobContext, secret: str, worker_pid: int) -> dict:
+    found = [f"env {k}" for k, v in os.environ.items() if secret in v]
+    tried = {}
+    pids = {str(worker_pid), *(p for p in os.listdir("/proc") if p.isdigit())}
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if secret.encode() in fh.read():
+                    found.append(f"/proc/{pid}/environ")
+            tried[pid] = "read"
+        except OSError as exc:
+            tried[pid] = exc.strerror or "error"
+    return {"found": found, "worker": tried.get(str(worker_pid), "absent")}
+
+
+def network(ctx: JobContext, tcp_port: int, udp_port: int) -> dict:
+    out = {}
+    try:
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=3):
+            out["tcp"] = "connected"
+    except OSError as exc:
+        out["tcp"] = f"refused: {exc.strerror or exc}"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"from the job", ("127.0.0.1", udp_port))
+            out["udp"] = "sent"
+    except OSError as exc:
+        out["udp"] = f"refused: {exc.strerror or exc}"
+    return out
+
+
+def _sh(script: str):
+    return lambda p, ctx: ["sh", "-c", script.format(**p), f"attack-{p.get('marker', 'x')}"]
+
+
+@hookimpl
+def register_jobs(register):
+    capped = SandboxProfile(processes=64, memory=256 << 20)
+    register(JobType(name="attack-forkbomb", function="attack_jobs:fork_bomb", retry=ONCE,
+                     params=[click.Option(["--tries"], type=int, default=2000)], sandbox=capped,
+                     timeout=60))
+    register(JobType(name="attack-memory", function="attack_jobs:memory_hog", retry=ONCE,
+                     params=[click.Option(["--megabytes"], type=int, default=1024)], sandbox=capped,
+                     timeout=60))
+    register(JobType(
+        name="attack-spinners", help="Busy loop with two busy grandchildren; 1 s timeout.",
+        argv=_sh("(while :; do :; done) & (while :; do :; done) & "
+                 "end=$(( $(date +%s) + 120 )); while [ $(date +%s) -lt $end ]; do :; done"),
+        params=[click.Option(["--marker"], required=True)], timeout=1.0, retry=ONCE,
+    ))
+    register(JobType(
+        name="attack-daemon", help="Double fork + setsid, then exit at once.",
+        argv=_sh("(setsid sleep {marker} &) ; exit 0"),
+        params=[click.Option(["--marker"], required=True)], retry=ONCE,
+    ))
+    register(JobType(name="attack-write", function="attack_jobs:write_outside", retry=ONCE,
+                     params=[click.Option(["--targets"], required=True)]))
+    register(JobType(name="attack-read", function="attack_jobs:read_file", retry=ONCE,
+                     params=[click.Option(["--path"], required=True)]))
+    register(JobType(name="attack-secret", function="attack_jobs:find_secret", retry=ONCE,
+                     params=[click.Option(["--secret"], required=True),
+                             click.Option(["--worker-pid"], type=int, required=True)]))
+    for name, allowed in (("attack-network", False), ("network-allowed", True)):
+        register(JobType(name=name, function="attack_jobs:network", retry=ONCE,
+                         sandbox=SandboxProfile(network=allowed),
+                         params=[click.Option(["--tcp-port"], type=int, required=True),
+                                 click.Option(["--udp-port"], type=int, required=True)]))
+    register(JobType(
+        name="attack-symlink", help="Plant a symlink and a hard link to a root-only file in out/.",
+        argv=_sh("ln -s {target} out/leak.txt; ln {target} out/hard.txt 2>/dev/null; "
+                 "echo real > out/real.txt"),
+        params=[click.Option(["--target"], required=True)], retry=ONCE,
+    ))
+
