@@ -90,8 +90,11 @@ def server():
 
 @pytest.fixture
 def secret_file(tmp_path):
-    path = tmp_path / "api.token"
+    """A token file the jobs' sandbox can read (see docs/plugins/http.md, Credentials)."""
+    path = tmp_path / "secrets" / "api.token"
+    path.parent.mkdir(mode=0o755)
     path.write_text("s3cret-token\n")
+    path.chmod(0o644)
     return path
 
 
@@ -108,11 +111,16 @@ def http_config(secret_file):
     }
 
 
+def http_settings(settings_factory, route, http_config, secret_file):
+    return settings_factory(route, jobs={"http": http_config},
+                            sandbox={"read_only": [str(secret_file.parent)]})
+
+
 @pytest.fixture
-def http_env(amqp_url, settings_factory, route, http_config):
+def http_env(amqp_url, settings_factory, route, http_config, secret_file):
     """A worker and a client reading [jobs.http] = http_config."""
     with ExitStack() as stack:
-        settings = settings_factory(route, jobs={"http": http_config})
+        settings = http_settings(settings_factory, route, http_config, secret_file)
         plugins = make_plugins(load=["http"], settings=settings)
         stack.enter_context(running_worker(settings, plugins))
         yield stack.enter_context(Client(connect(amqp_url), plugins, settings))
@@ -195,8 +203,8 @@ def test_an_unexpected_2xx_and_a_redirect_are_failures_not_followed(http_env, ro
     http_env.broker.take_dead(result.id)
 
 
-def test_large_bodies_are_capped(amqp_url, settings_factory, route, server, http_config):
-    settings = settings_factory(route, jobs={"http": {**http_config, "max_body": "1k"}})
+def test_large_bodies_are_capped(amqp_url, settings_factory, route, server, http_config, secret_file):
+    settings = http_settings(settings_factory, route, {**http_config, "max_body": "1k"}, secret_file)
     plugins = make_plugins(load=["http"], settings=settings)
     url = server.plan("/big", (200, {}, b"x" * 5000))
     with running_worker(settings, plugins), Client(connect(amqp_url), plugins, settings) as client:
@@ -223,11 +231,12 @@ def test_a_credential_never_goes_to_a_host_it_is_not_for(http_env, route, server
         http_env.broker.take_dead(r.id)
 
 
-def test_a_message_cannot_bring_its_own_configuration(http_env, route, server, tmp_path):
+def test_a_message_cannot_bring_its_own_configuration(http_env, route, server, secret_file):
     # Given a hand-made message that tries to set the hidden worker_config: allow any host,
-    # and point the 'api' credential at another file
-    stolen = tmp_path / "other-secret"
+    # and point the 'api' credential at another file the job could read
+    stolen = secret_file.parent / "other-secret"
     stolen.write_text("other-secret")
+    stolen.chmod(0o644)
     url = server.plan("/echo", (200, {}, "echo"))
     forged = {"allowed_hosts": None, "tries": 1, "credentials": {"api": {
         "header": "X-Leak", "prefix": "", "value_file": str(stolen), "hosts": ["127.0.0.1"]}}}

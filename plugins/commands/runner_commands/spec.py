@@ -33,8 +33,8 @@ KEYS = frozenset(
      "route", "network", "retry_on_exit", "fatal_on_exit", "memory", "cpu_time", "processes",
      "file_size", "open_files", "output_limit"}
 )
-# Keys of [jobs.NAME] that other plugins read (per-job webhook); accepted without a warning.
-SHARED_KEYS = frozenset({"webhook"})
+# Keys of [jobs.NAME] that the core (sandbox) or other plugins (webhook, notify) read.
+SHARED_KEYS = frozenset({"sandbox", "webhook", "notify"})
 
 
 class FieldError(Exception):

@@ -20,8 +20,10 @@ CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9_.:\[\]-]+$")
 KEYS = frozenset(
     {"allowed_hosts", "credentials", "timeout", "retries", "backoff", "route", "request_timeout",
-     "tries", "wait", "max_wait", "max_retry_after", "max_body", "webhook"}
+     "tries", "wait", "max_wait", "max_retry_after", "max_body"}
 )
+# Keys of [jobs.http] that the core (sandbox) or other plugins (webhook, notify) read.
+SHARED_KEYS = frozenset({"sandbox", "webhook", "notify"})
 CREDENTIAL_KEYS = frozenset({"header", "value_file", "prefix", "hosts"})
 DEFAULTS: dict[str, Any] = {
     "timeout": 300.0,  # the whole job, all in-place tries included
@@ -47,7 +49,7 @@ def read_config(table: Any) -> dict[str, Any]:
         table = {}
     if not isinstance(table, Mapping):
         raise PluginError("[jobs.http]: expected a table")
-    unknown = sorted(set(table) - KEYS)
+    unknown = sorted(set(table) - KEYS - SHARED_KEYS)
     if unknown:
         raise _error(unknown[0], f"unknown setting (known: {', '.join(sorted(KEYS))})")
     config = dict(DEFAULTS)

@@ -179,7 +179,7 @@ def _retry_after(response: Response, cap: float) -> float | None:
 
 
 def _wait(initial: float, cap: float) -> Any:
-    backoff = tenacity.wait_exponential_jitter(initial=initial, max=cap, jitter=min(1.0, initial))
+    backoff = tenacity.wait_exponential_jitter(multiplier=initial, max=cap, jitter=min(1.0, initial))
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
