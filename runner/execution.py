@@ -103,11 +103,12 @@ def _attempt(
         if owner is not None:
             os.chown(d, owner, owner)
     if owner is not None:
-        # bwrap enters the directory as a capability-less root before dropping to the slot
-        # uid; its parent (``base``, root's, 0700) keeps everyone else out.
+        # The slot uid (and bwrap, a capability-less root until it drops to that uid) must
+        # traverse to the work dir; nobody may list ``base`` or enter its ``log``.
         os.chmod(ctx.workdir, 0o711)
+        os.chmod(base, 0o711)
     logs = base / "log"
-    logs.mkdir()
+    logs.mkdir(mode=0o700)
     args = dict(params)
     for name in job.inputs:
         if name in message.files:

@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,7 +121,10 @@ class Jail:
         slots: job slots of the worker (one uid each when the worker is root).
     """
 
-    def __init__(self, report: HostReport, config: Mapping[str, Any], slots: int) -> None:
+    def __init__(
+        self, report: HostReport, config: Mapping[str, Any], slots: int,
+        workroot: Path | None = None,
+    ) -> None:
         self.report = report
         unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only"})
         if unknown:
@@ -128,10 +132,23 @@ class Jail:
         disabled = set(_names(config.get("disable", ()), "disable"))
         check_required(report, sorted(disabled))  # validates the names
         self.layers = {n for n, layer in report.layers.items() if layer.active} - disabled
-        missing = [n for n in check_required(report, _names(config.get("require", ()), "require"))]
-        missing += [n for n in _names(config.get("require", ()), "require") if n in disabled]
+        self.notes: dict[str, str] = {}
+        if "uid" in self.layers and "bwrap" not in self.layers:
+            # Without bwrap's binds a slot uid must reach the interpreter and the work dir itself.
+            paths = [sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent)]
+            blocked = next((b for p in [*paths, str(workroot or "")] if p and (b := _closed(p))), None)
+            if blocked:
+                self.layers.discard("uid")
+                self.notes["uid"] = f"{blocked} is closed to other uids (no bwrap to bind around it)"
+        if "network" in self.layers and "bwrap" not in self.layers and not report.unshare_net:
+            self.layers.discard("network")
+        required = _names(config.get("require", ()), "require")
+        missing = check_required(report, required) + [n for n in required if n not in self.layers]
         if missing:
-            reasons = "; ".join(f"{n}: {report.layers[n].detail}" for n in dict.fromkeys(missing))
+            reasons = "; ".join(
+                f"{n}: {self.notes.get(n) or ('disabled' if n in disabled else report.layers[n].detail)}"
+                for n in dict.fromkeys(missing)
+            )
             raise ConfigError(f"[sandbox] require names layers that are not active here: {reasons}")
         self.read_only = [str(p) for p in config.get("read_only", ())]
         self.lease: UidLease | None = None
@@ -145,6 +162,7 @@ class Jail:
         active = [n for n in self.report.layers if n in self.layers]
         off = [n for n in self.report.layers if n not in self.layers]
         text = f"sandbox layers active: {', '.join(active)}; not active: {', '.join(off) or 'none'}"
+        text += "".join(f" ({name}: {note})" for name, note in self.notes.items())
         return text if active else summary(self.report)
 
     def close(self) -> None:
@@ -216,6 +234,18 @@ class Jail:
             values.append(("as", profile.memory))
         limits += [f"--{flag}={value}" for flag, value in values if value is not None]
         return limits
+
+
+def _closed(path: str) -> str | None:
+    """The first directory on the way to ``path`` that other uids cannot traverse."""
+    current = Path(path).resolve()
+    for directory in [*reversed(current.parents), current]:
+        try:
+            if directory.is_dir() and not directory.stat().st_mode & 0o001:
+                return str(directory)
+        except OSError:
+            return str(directory)
+    return None
 
 
 def _setpriv_drop(setpriv: str | None, uid: int | None) -> list[str]:

@@ -164,16 +164,16 @@ def probe() -> HostReport:
     mode, disable_userns, detail = _bwrap(tools, root)
     put("bwrap", bool(mode), detail)
     unshare_net: list[str] = []
-    if mode:
-        put("network", True, "private network namespace unless the job type allows network (bwrap)")
-    elif "unshare" in tools:
+    if "unshare" in tools:  # the network fallback when bwrap is missing or disabled
         argv = [tools["unshare"], "--net"] if root else [tools["unshare"], "--user", "--map-root-user", "--net"]
         ok, err = _run([*argv, "true"])
         unshare_net = argv if ok else []
-        put("network", ok, f"private network namespace ({' '.join(argv[1:])})" if ok else f"unshare failed: {err}")
+    if mode:
+        put("network", True, "private network namespace unless the job type allows network (bwrap)")
+    elif unshare_net:
+        put("network", True, f"private network namespace ({' '.join(unshare_net[1:])})")
     else:
-        put("network", False, "neither bwrap nor unshare available: jobs share the host network")
-
+        put("network", False, "neither bwrap nor unshare works: jobs share the host network")
     try:
         seccomp.compile_filter(False)
         seccomp_ok, seccomp_detail = bool(mode), (

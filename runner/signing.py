@@ -2,9 +2,10 @@
 
 A compromised worker holds no key that can mint jobs.  The signature covers the whole envelope a
 worker acts on: the body (job, params, options, the input files and their sha256), content type,
-routing key, job id, job type, reply address, issued-at and expiry, behind a domain-separation
-tag.  It does not cover the attempt number and attempt history, which the worker changes when it
-re-publishes a job for a retry: a retry carries the producer's original signature.
+routing key, job id, job type, issued-at and expiry, behind a domain-separation tag.  It does
+not cover the attempt number and attempt history, which the worker changes when it re-publishes
+a job for a retry (a retry carries the producer's original signature), nor the reply address,
+which RabbitMQ rewrites for direct reply-to.
 
 Headers (docs/security.md): ``x-runner-sig`` (base64), ``x-runner-sig-kid``, ``x-runner-sig-alg``
 (``ed25519``), ``x-runner-sig-digest`` (sha256 of the signed bytes, only to tell tampering from
@@ -58,8 +59,7 @@ def signed_bytes(env: Envelope, kid: str, issued_ms: int, expires_ms: int) -> by
     """The exact bytes an Ed25519 signature covers (length-prefixed fields, unambiguous)."""
     fields = (
         DOMAIN, ALG.encode(), kid.encode(), env.content_type.encode(), env.routing_key.encode(),
-        env.message_id.encode(), env.type.encode(), (env.reply_to or "").encode(),
-        (env.correlation_id or "").encode(), str(issued_ms).encode(), str(expires_ms).encode(),
+        env.message_id.encode(), env.type.encode(), str(issued_ms).encode(), str(expires_ms).encode(),
         hashlib.sha256(env.body).digest(),
     )
     return b"".join(struct.pack(">I", len(f)) + f for f in fields)

@@ -120,7 +120,7 @@ class Worker:
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"[jobs.{job.name}.sandbox]: expected a table")
             self._jobs[job.name] = tighten(job, table) if table else job
-        self.jail = Jail(probe(), self.settings.sandbox, self.concurrency)
+        self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
 
     def stop(self, grace: float | None = None) -> None:

@@ -115,8 +115,8 @@ def register_jobs(register):
         params=[click.Option(["--marker"], required=True)], timeout=1.0, retry=ONCE,
     ))
     register(JobType(
-        name="attack-daemon", help="Double fork + setsid, then exit at once.",
-        argv=_sh("(setsid sleep {marker} &) ; exit 0"),
+        name="attack-daemon", help="Double fork + setsid, then exit.",
+        argv=_sh("(setsid sleep {marker} &) ; sleep 0.5; exit 0"),
         params=[click.Option(["--marker"], required=True)], retry=ONCE,
     ))
     register(JobType(name="attack-write", function="attack_jobs:write_outside", retry=ONCE,

@@ -58,6 +58,7 @@ class WorkerUnderTest:
         self.route = unique_route("a")
         self.queue = f"test.{self.route}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"runner-{kind}-"))
+        self.workdir.chmod(0o711)  # traversable: jobs of slot uids work here even without bwrap
         self.lines: list[str] = []
         env = {
             **os.environ, "RUNNER_BROKER_URL": amqp_url, "RUNNER_WORKDIR": str(self.workdir),
@@ -273,7 +274,9 @@ def test_loopback_is_unreachable_without_network(client, worker, listeners):
     ports = {"tcp_port": tcp.getsockname()[1], "udp_port": udp.getsockname()[1]}
     result = run(client, worker, "attack-network", **ports)
     assert result.ok, result.error
-    assert result.value["tcp"].startswith("refused") and result.value["udp"].startswith("refused")
+    # TCP is refused; a UDP packet may leave the job's own loopback, but never arrives here
+    assert result.value["tcp"].startswith("refused")
+    assert not eventually(lambda: heard, 1), heard
     # The listeners work: a job type that declares network reaches them
     allowed = run(client, worker, "network-allowed", **ports)
     assert allowed.value == {"tcp": "connected", "udp": "sent"}
