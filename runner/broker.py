@@ -11,7 +11,10 @@ The names below are part of the protocol (docs/protocol.md):
 * worker queues are bound to it by patterns (``default.#``); ``*`` matches one word, ``#`` zero or
   more;
 * dead letters go to the queue ``runner.dead``;
-* replies go to the address a :class:`ReplyInbox` hands out.
+* replies go to the address a :class:`ReplyInbox` hands out;
+* lifecycle events go to the topic exchange ``runner.events`` (routing key ``job.<state>.<job>``
+  or ``worker.<state>``); a monitor reads them from its own durable event queue
+  (``runner.monitor`` by default).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 JOBS_EXCHANGE = "runner.jobs"
 DEAD_QUEUE = "runner.dead"
 EVENTS_EXCHANGE = "runner.events"
+EVENTS_QUEUE = "runner.monitor"  # the monitor's durable event queue, unless it is told another
+EVENTS_QUEUE_MAX = 100_000  # events an event queue keeps while nobody reads it (oldest go first)
 CONTENT_TYPE = "application/json"
 
 
@@ -189,6 +194,38 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge_dead(self) -> int:
         """Remove every dead letter; return how many."""
+
+    # --- events: not abstract, so a transport without them still loads -----------------------
+    def declare_event_queue(
+        self, queue: str, patterns: Sequence[str] = ("#",), max_length: int = EVENTS_QUEUE_MAX
+    ) -> None:
+        """Create a durable queue bound to ``runner.events`` by topic ``patterns`` (a monitor's).
+
+        It keeps the events published while its consumer is away, at most ``max_length`` of
+        them: past that the oldest are dropped first.  Delete it with :meth:`delete_queue`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not carry events")
+
+    def publish_event(self, envelope: Envelope) -> None:
+        """Publish one event to ``runner.events``, routed by ``envelope.routing_key``.
+
+        Best effort: an event no queue is bound for is dropped without an error.  Like
+        :meth:`publish`, for the thread that owns the broker object.  Raises
+        :class:`~runner.errors.BrokerError` when the broker cannot be reached.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not carry events")
+
+    def consume_events(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int = 200
+    ) -> None:
+        """Hand the events of an event queue to ``on_events``, in batches, until
+        :meth:`stop_consuming`; blocks the calling thread.
+
+        A batch is acknowledged once ``on_events`` returns; if it raises, the error propagates
+        and the batch stays queued.  Delivery is at least once (events carry unique ids, so a
+        consumer drops duplicates), in publish order.  One consumer per event queue.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not carry events")
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runner.broker import Envelope, connect
+from runner.broker import Broker, Envelope, connect
 from runner.cli_jobs import App
 from runner.errors import RunnerError
 from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
@@ -43,6 +43,26 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
         record["exit_code"] = last.get("exit_code")
         record["worker"] = last.get("worker")
     return record
+
+
+def resubmit(broker: Broker, job_id: str) -> Envelope:
+    """Send dead-lettered job ``job_id`` back to its route as a fresh first attempt.
+
+    Publishes first, then removes the dead letter: a failure in between duplicates, never
+    loses.  Returns the dead letter as it was.  Used by ``runner dead retry`` and the monitor.
+
+    Raises:
+        RunnerError: there is no such dead letter.
+        UnroutableError: no worker queue is bound to its route any more (it stays dead).
+    """
+    found = [e for e in broker.dead_letters(10**6) if e.message_id == job_id]
+    if not found:
+        raise RunnerError(f"no dead-lettered job {job_id}")
+    env = found[0]
+    kept = {k: v for k, v in env.headers.items() if not str(k).startswith("x-runner-")}
+    broker.publish(replace(env, headers={**kept, H_PROTOCOL: PROTOCOL, H_ATTEMPT: 1}))
+    broker.take_dead(job_id)
+    return env
 
 
 @click.group()
@@ -95,15 +115,7 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
 def dead_retry(app: App, job_id: str) -> None:
     """Send a dead-lettered job back to its route, as a fresh first attempt."""
     with connect(app.settings().broker_url) as broker:
-        found = [e for e in broker.dead_letters(10**6) if e.message_id == job_id]
-        if not found:
-            raise RunnerError(f"no dead-lettered job {job_id}")
-        env = found[0]
-        kept = {k: v for k, v in env.headers.items() if not str(k).startswith("x-runner-")}
-        fresh = replace(env, headers={**kept, H_PROTOCOL: PROTOCOL, H_ATTEMPT: 1})
-        # Publish first, then remove: a failure in between duplicates, never loses.
-        broker.publish(fresh)
-        broker.take_dead(job_id)
+        env = resubmit(broker, job_id)
     click.echo(f"{job_id} sent back on {env.routing_key}")
 
 

@@ -11,7 +11,10 @@ Topology (docs/protocol.md):
   surface at once) and carries ``x-runner-not-before``; the consumer parks it in a delay queue
   instead of delivering it, so no worker ever holds a delayed message in memory;
 * ``runner.dead``: durable queue of dead letters;
-* results: direct reply-to (``amq.rabbitmq.reply-to``).
+* results: direct reply-to (``amq.rabbitmq.reply-to``);
+* ``runner.events``: durable topic exchange of lifecycle events, published persistent but not
+  ``mandatory`` (nobody listening is not an error); a monitor's event queue is durable with
+  ``x-max-length`` and ``x-overflow: drop-head``.
 
 One connection per broker object.  pika is not thread-safe: :meth:`AmqpBroker.settle`, called
 from job slot threads, hands its work to the connection's thread with
@@ -36,6 +39,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from runner.broker import (
     DEAD_QUEUE,
     EVENTS_EXCHANGE,
+    EVENTS_QUEUE_MAX,
     JOBS_EXCHANGE,
     Broker,
     Delivery,
@@ -483,6 +487,65 @@ class AmqpBroker(Broker):
         return self._translate(
             lambda: int(self._channel().queue_purge(DEAD_QUEUE).method.message_count or 0)
         )
+
+
+    # --- events ---------------------------------------------------------------------------
+    def declare_event_queue(
+        self, queue: str, patterns: Sequence[str] = ("#",), max_length: int = EVENTS_QUEUE_MAX
+    ) -> None:
+        def declare() -> None:
+            ch = self._channel()
+            args = {"x-max-length": max_length, "x-overflow": "drop-head"}
+            ch.queue_declare(queue, durable=True, arguments=args)
+            for pattern in patterns:
+                ch.queue_bind(queue, EVENTS_EXCHANGE, routing_key=pattern)
+
+        self._translate(declare)
+
+    def publish_event(self, envelope: Envelope) -> None:
+        self._translate(
+            lambda: self._publish_raw(EVENTS_EXCHANGE, envelope.routing_key, envelope, False),
+            retry=True,
+        )
+
+    def consume_events(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int = 200
+    ) -> None:
+        self._stopping.clear()
+        while not self._stopping.is_set():
+            try:
+                self._consume_events_once(queue, on_events, batch)
+                return
+            except CONNECTION_ERRORS as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
+                self._reconnect(give_up_after=None)
+            except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
+                self._ch = None
+                raise BrokerError(f"RabbitMQ refused to deliver events of {queue}: {exc}") from exc
+
+    def _consume_events_once(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int
+    ) -> None:
+        ch = self._channel()
+        ch.basic_qos(prefetch_count=batch)
+        pending: list[tuple[int, Envelope]] = []
+
+        def on_message(
+            _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
+        ) -> None:
+            pending.append((method.delivery_tag, _envelope(method.routing_key, props, body)))
+
+        self._consumer = (ch, ch.basic_consume(queue, on_message))
+        while not self._stopping.is_set():
+            # Returns as soon as something arrived; the batch is whatever came meanwhile.
+            self._conn.process_data_events(time_limit=0.5)  # type: ignore[union-attr,arg-type]
+            if pending:
+                on_events([env for _, env in pending])
+                ch.basic_ack(pending[-1][0], multiple=True)
+                pending.clear()
+        self._cancel_consumer()
 
 
 class _AmqpInbox(ReplyInbox):

@@ -20,7 +20,10 @@ It keeps the :class:`~runner.broker.Broker` contract of the RabbitMQ transport:
   leases of what it handed out and returns once all of it is settled.
 * **Waiting.** Other processes' changes are found by polling with a backoff (5 ms growing to
   ``poll_interval``); changes made in this process wake waiters at once.
-* **Events** (``Target.EVENTS``) are dropped: nothing can subscribe to them in this transport.
+* **Events** (:meth:`SqliteBroker.publish_event`, ``Target.EVENTS``) are stored in the event
+  queues bound for them (a monitor's, :meth:`SqliteBroker.declare_event_queue`), each bounded
+  (oldest dropped first), and dropped when none is.  A consumer reads them in order and
+  deletes what it handled, so events survive its restart.
   A retry (``Target.JOBS`` in a settle) goes back to the delivery's own queue.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -40,7 +44,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from runner.broker import Broker, Delivery, Envelope, Outgoing, ReplyInbox
+from runner.broker import EVENTS_QUEUE_MAX, Broker, Delivery, Envelope, Outgoing, ReplyInbox
 from runner.brokers import sqlite_store as store
 from runner.errors import BrokerError, ConfigError, UnroutableError
 from runner.message import H_DELIVERIES
@@ -159,7 +163,10 @@ class SqliteBroker(Broker):
 
     def delete_queue(self, queue: str) -> None:
         with self._write() as db:
-            for table, column in (("bindings", "queue"), ("messages", "queue"), ("queues", "name")):
+            for table, column in (
+                ("bindings", "queue"), ("messages", "queue"), ("queues", "name"),
+                ("events", "queue"), ("event_queues", "name"),
+            ):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue,))
 
     def queue_depth(self, queue: str) -> int:
@@ -332,6 +339,55 @@ class SqliteBroker(Broker):
     def purge_dead(self) -> int:
         with self._write() as db:
             return db.execute("DELETE FROM dead").rowcount
+
+    # --- events -----------------------------------------------------------------------------
+    def declare_event_queue(
+        self, queue: str, patterns: Sequence[str] = ("#",), max_length: int = EVENTS_QUEUE_MAX
+    ) -> None:
+        if not queue or isinstance(patterns, str) or max_length < 1:
+            raise ValueError("declare_event_queue needs a name, a sequence of patterns, a limit")
+        with self._write() as db:
+            row = db.execute(
+                "SELECT patterns FROM event_queues WHERE name = ?", (queue,)
+            ).fetchone()
+            known = json.loads(row[0]) if row else []
+            merged = json.dumps(list(dict.fromkeys([*known, *patterns])))
+            db.execute(
+                "INSERT INTO event_queues (name, patterns, max_length, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET patterns = excluded.patterns, "
+                "max_length = excluded.max_length",
+                (queue, merged, max_length, time.time()),
+            )
+
+    def publish_event(self, envelope: Envelope) -> None:
+        with self._reading() as db:
+            queues = store.event_queues(db)
+        if not queues:
+            return  # nobody listens: no write lock taken on the job path's file
+        with self._write() as db:
+            stored = store.insert_event(db, envelope, store.event_queues(db))
+        if stored:
+            self._signal.notify()
+
+    def consume_events(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int = 200
+    ) -> None:
+        if not self._read("SELECT 1 FROM event_queues WHERE name = ?", (queue,)):
+            raise BrokerError(f"event queue {queue!r} does not exist; declare it first")
+        self._stopping.clear()
+        delay = POLL_MIN
+        while not self._closed and not self._stopping.is_set():
+            seen = self._signal.generation
+            with self._reading() as db:
+                rows = store.read_events(db, queue, batch)
+            if rows:
+                on_events([env for _, env in rows])
+                with self._write() as db:
+                    store.drop_events(db, queue, len(rows), up_to=rows[-1][0])
+                delay = POLL_MIN
+                continue
+            woke = self._signal.wait(seen, delay)
+            delay = POLL_MIN if woke else min(delay * 2, self._poll_max)
 
     def close(self) -> None:
         """Give unsettled deliveries back (counted as redeliveries) and close the file.

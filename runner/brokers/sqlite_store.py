@@ -10,7 +10,11 @@ Tables (schema version 1, ``PRAGMA user_version``):
   ``rank`` (priority clamped to 0..9), and a lease (``lease_owner``, ``lease_token``,
   ``lease_until``) while a consumer holds it; ``deliveries`` counts hand-outs never settled;
 * ``dead``: the dead letters (``runner.dead``);
-* ``inboxes`` and ``replies``: open reply addresses and the replies waiting in them.
+* ``inboxes`` and ``replies``: open reply addresses and the replies waiting in them;
+* ``event_queues`` and ``events``: queues bound to ``runner.events`` by topic patterns (a
+  monitor's), with how many events each holds, and the events waiting in them.  Reading is
+  a cursor over ``events.id``: a consumer deletes what it has handled.  Added to schema 1
+  without a version change: older code ignores the two tables.
 """
 
 from __future__ import annotations
@@ -83,6 +87,12 @@ CREATE TABLE IF NOT EXISTS inboxes (address TEXT PRIMARY KEY, opened_at REAL NOT
 CREATE TABLE IF NOT EXISTS replies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, {_ENVELOPE_DDL});
 CREATE INDEX IF NOT EXISTS replies_address ON replies (address, correlation_id);
+CREATE TABLE IF NOT EXISTS event_queues (
+    name TEXT PRIMARY KEY, patterns TEXT NOT NULL, max_length INTEGER NOT NULL,
+    length INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, {_ENVELOPE_DDL});
+CREATE INDEX IF NOT EXISTS events_queue ON events (queue, id);
 """
 
 
@@ -243,8 +253,8 @@ def send(db: sqlite3.Connection, out: Outgoing, queue: str, now: float) -> None:
     """Store one outgoing message of a settle, inside the settle's transaction.
 
     A retry (``Target.JOBS``) goes back to ``queue``, the one the delivery came from, as with
-    RabbitMQ; a reply to an inbox that is not open is dropped; events are dropped (nothing
-    subscribes to them here).
+    RabbitMQ; a reply to an inbox that is not open is dropped; events go to the event queues
+    bound for them (none: dropped).
     """
     env = out.envelope
     if out.target is Target.JOBS:
@@ -255,7 +265,56 @@ def send(db: sqlite3.Connection, out: Outgoing, queue: str, now: float) -> None:
         if not insert_reply(db, env):
             log.debug("dropped reply %s: no inbox is open at %s", env.message_id, env.routing_key)
     else:
-        log.debug("dropped event %s: the sqlite broker keeps no events", env.routing_key)
+        insert_event(db, env, event_queues(db))
+
+
+def event_queues(db: sqlite3.Connection) -> list[tuple[str, list[str], int]]:
+    """Every event queue: name, topic patterns on ``runner.events``, most events it keeps."""
+    rows = db.execute("SELECT name, patterns, max_length FROM event_queues").fetchall()
+    return [(name, json.loads(patterns), int(limit)) for name, patterns, limit in rows]
+
+
+def insert_event(
+    db: sqlite3.Connection, env: Envelope, queues: list[tuple[str, list[str], int]]
+) -> int:
+    """Store ``env`` in each event queue of ``queues`` it matches; return in how many.
+
+    A full queue drops its oldest events first, like RabbitMQ's ``x-overflow: drop-head``.
+    """
+    stored = 0
+    for name, patterns, limit in queues:
+        if not any(topic_matches(p, env.routing_key) for p in patterns):
+            continue
+        db.execute(
+            f"INSERT INTO events (queue, {_COLS}) VALUES (?, {_MARKS})",
+            (name, *envelope_values(env)),
+        )
+        db.execute("UPDATE event_queues SET length = length + 1 WHERE name = ?", (name,))
+        length = db.execute("SELECT length FROM event_queues WHERE name = ?", (name,)).fetchone()[0]
+        if length > limit:
+            drop_events(db, name, length - limit)
+        stored += 1
+    return stored
+
+
+def drop_events(db: sqlite3.Connection, queue: str, count: int, up_to: int | None = None) -> None:
+    """Delete the oldest ``count`` events of ``queue`` (only ids up to ``up_to`` if given)."""
+    dropped = db.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE queue = ? AND id <= ? "
+        "ORDER BY id LIMIT ?)",
+        (queue, 2**62 if up_to is None else up_to, count),
+    ).rowcount
+    db.execute(
+        "UPDATE event_queues SET length = MAX(length - ?, 0) WHERE name = ?", (dropped, queue)
+    )
+
+
+def read_events(db: sqlite3.Connection, queue: str, limit: int) -> list[tuple[int, Envelope]]:
+    """The oldest ``limit`` events of ``queue`` with their row ids, leaving them in place."""
+    rows = db.execute(
+        f"SELECT id, {_COLS} FROM events WHERE queue = ? ORDER BY id LIMIT ?", (queue, limit)
+    ).fetchall()
+    return [(int(row[0]), row_envelope(row[1:])) for row in rows]
 
 
 def dead_letter(

@@ -1,0 +1,273 @@
+"""Lifecycle events: the broker's event contract on both transports, and what workers emit.
+
+Event queues get unique names and are deleted afterwards; waits are on the events themselves,
+with deadlines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
+from runner.client import Client
+from runner.errors import BrokerError
+from runner.plugins import make_plugins
+from runner.testing import running_worker, settings_for, unique_route
+from runner_monitor import events as ev
+from runner_monitor.emitter import Emitter, WorkerEvents
+
+WAIT = 20.0
+
+
+@pytest.fixture(params=["sqlite", "amqp"])
+def broker_url(request, tmp_path) -> str:
+    if request.param == "amqp":
+        return request.getfixturevalue("amqp_url")
+    return f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+
+
+@pytest.fixture
+def event_queue(broker_url) -> Iterator[str]:
+    name = f"test.monitor.{uuid.uuid4().hex[:10]}"
+    yield name
+    with connect(broker_url) as broker:
+        broker.delete_queue(name)
+
+
+class Reader:
+    """``consume_events`` in a thread of its own, collecting what arrives."""
+
+    def __init__(self, url: str, queue: str, fail_first: bool = False) -> None:
+        self.broker = connect(url)
+        self.got: list[Envelope] = []
+        self.cond = threading.Condition()
+        self.fail_first = fail_first
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(queue,), daemon=True)
+        self.thread.start()
+
+    def _run(self, queue: str) -> None:
+        try:
+            self.broker.consume_events(queue, self._on)
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            self.error = exc
+        finally:
+            with self.cond:
+                self.cond.notify_all()
+
+    def _on(self, batch: list[Envelope]) -> None:
+        if self.fail_first:
+            self.fail_first = False
+            raise RuntimeError("the store is full")
+        with self.cond:
+            self.got.extend(batch)
+            self.cond.notify_all()
+
+    def wait_for(self, count: int) -> list[Envelope]:
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.got) >= count or self.error is not None, WAIT)
+        assert len(self.got) >= count, f"{len(self.got)} of {count} events arrived ({self.error})"
+        return self.got
+
+    def wait_until(self, done) -> list[Envelope]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: done(self.got) or self.error is not None, WAIT)
+        assert ok and self.error is None, f"not arrived: {len(self.got)} events ({self.error})"
+        return self.got
+
+    def close(self) -> None:
+        self.broker.stop_consuming()
+        self.thread.join(WAIT)
+        self.broker.close()
+
+
+def event(name: str, job: str = "echo", **fields) -> Envelope:
+    origin = {"worker": "w1", "host": "h", "pid": 1}
+    return ev.to_envelope(ev.new_event(name, origin, 1, job=job, **fields))
+
+
+# --- the broker's event contract ------------------------------------------------------------------
+def test_events_published_while_nobody_reads_wait_in_the_durable_queue(broker_url, event_queue):
+    # Given a declared event queue and nobody reading it
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue)
+        # When events are published (one before any consumer ever ran)
+        sent = [event("job.started", n=i) for i in range(3)]
+        for env in sent:
+            broker.publish_event(env)
+    # Then a consumer that comes later gets all of them, in order
+    reader = Reader(broker_url, event_queue)
+    try:
+        got = reader.wait_for(3)
+    finally:
+        reader.close()
+    assert [e.message_id for e in got] == [e.message_id for e in sent]
+    assert got[0].routing_key == "job.started.echo"
+    assert ev.from_envelope(got[0])["event"] == "job.started"
+
+
+def test_an_event_nobody_is_bound_for_is_dropped_without_error(broker_url):
+    with connect(broker_url) as broker:
+        broker.publish_event(event("job.started", job=f"j{uuid.uuid4().hex[:8]}"))
+
+
+def test_patterns_select_events(broker_url, event_queue):
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue, patterns=["worker.*"])
+        broker.publish_event(event("job.started"))
+        broker.publish_event(event("worker.online"))
+    reader = Reader(broker_url, event_queue)
+    try:
+        got = reader.wait_for(1)
+    finally:
+        reader.close()
+    assert [e.routing_key for e in got] == ["worker.online"]
+
+
+def test_a_full_event_queue_drops_its_oldest_events(broker_url, event_queue):
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue, max_length=3)
+        sent = [event("job.started", n=i) for i in range(5)]
+        for env in sent:
+            broker.publish_event(env)
+    reader = Reader(broker_url, event_queue)
+    try:
+        got = reader.wait_for(3)
+    finally:
+        reader.close()
+    assert [e.message_id for e in got] == [e.message_id for e in sent[2:]]
+
+
+def test_a_batch_the_consumer_failed_on_is_delivered_again(broker_url, event_queue):
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue)
+        sent = event("job.failed")
+        broker.publish_event(sent)
+    failing = Reader(broker_url, event_queue, fail_first=True)
+    failing.thread.join(WAIT)
+    failing.broker.close()
+    assert isinstance(failing.error, RuntimeError)
+    reader = Reader(broker_url, event_queue)
+    try:
+        assert [e.message_id for e in reader.wait_for(1)] == [sent.message_id]
+    finally:
+        reader.close()
+
+
+def test_events_sent_when_settling_reach_the_event_queue(broker_url, event_queue):
+    # Given a job queue with one message, and an event queue
+    route = unique_route()
+    job_queue = f"test.{route}"
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue)
+        broker.declare_queue(job_queue, [f"{route}.#"])
+        broker.publish(Envelope(b"{}", "m1", "echo", f"{route}.echo"))
+        arrived: list[Delivery] = []
+        consumer = threading.Thread(target=broker.consume, args=(job_queue, 1, arrived.append))
+        consumer.start()
+        deadline = time.monotonic() + WAIT
+        while not arrived and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # When it is settled with an event
+        broker.settle(arrived[0], [Outgoing(event("job.succeeded"), Target.EVENTS)]).result(WAIT)
+        broker.stop_consuming()
+        consumer.join(WAIT)
+        broker.delete_queue(job_queue)
+    # Then the event is in the event queue
+    reader = Reader(broker_url, event_queue)
+    try:
+        assert reader.wait_for(1)[0].type == "job.succeeded"
+    finally:
+        reader.close()
+
+
+def test_reading_an_undeclared_event_queue_is_an_error(tmp_path):
+    with connect(f"sqlite:///{tmp_path / 'b.sqlite3'}") as broker:
+        with pytest.raises(BrokerError, match="declare it first"):
+            broker.consume_events("nope", lambda batch: None)
+
+
+# --- what a worker emits --------------------------------------------------------------------------
+def test_a_worker_emits_the_life_of_its_jobs_and_itself(broker_url, event_queue, tmp_path):
+    # Given a worker with a fast heartbeat, and a monitor queue
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue)
+    emitter = Emitter(heartbeat=0.2)
+    plugins = make_plugins(load=[], modules=["jobs_plugin"], extra=[emitter])
+    route = unique_route()
+    settings = settings_for(broker_url, route, workdir=str(tmp_path / "work"))
+    reader = Reader(broker_url, event_queue)
+    try:
+        with running_worker(settings, plugins, name=f"w-{route}") as worker:
+            with Client(connect(broker_url), plugins, settings) as client:
+                # When one job succeeds and one fails on both its attempts
+                ok = client.submit("echo", {"text": "hi"}, route=route, wait=True).wait(WAIT)
+                bad = client.submit("boom", {}, route=route, wait=True).wait(
+                    WAIT, raise_on_failure=False
+                )
+            out = emitter.events_of(worker)
+        assert out.join(WAIT), "the event thread did not finish after the worker stopped"
+        decoded = [ev.from_envelope(e) for e in reader.wait_until(
+            lambda got: any(e.routing_key == "worker.offline" and worker.name.encode() in e.body
+                            for e in got))]
+        mine = [e for e in decoded if e["worker"] == worker.name]
+    finally:
+        reader.close()
+    with connect(broker_url) as broker:
+        broker.delete_queue(settings.queue)
+    names = [e["event"] for e in mine]
+    # Then the events tell the whole story, in order
+    assert names[0] == "worker.online" and names[-1] == "worker.offline"
+    assert "worker.heartbeat" in names
+    jobs = [(e["event"], e["job_id"], e["attempt"]) for e in mine if e["event"].startswith("job.")]
+    assert jobs == [
+        ("job.received", ok.id, 1), ("job.started", ok.id, 1), ("job.succeeded", ok.id, 1),
+        ("job.received", bad.id, 1), ("job.started", bad.id, 1), ("job.failed", bad.id, 1),
+        ("job.retried", bad.id, 1), ("job.received", bad.id, 2), ("job.started", bad.id, 2),
+        ("job.failed", bad.id, 2), ("job.dead", bad.id, 2),
+    ]
+    by_name = {(e["event"], e["job_id"], e.get("attempt")): e for e in mine if "job_id" in e}
+    final = by_name[("job.failed", bad.id, 2)]
+    assert final["final"] is True and "ValueError: boom" in final["traceback"]
+    assert by_name[("job.failed", bad.id, 1)]["final"] is False
+    assert by_name[("job.succeeded", ok.id, 1)]["outputs"][0]["name"] == "echo.txt"
+    assert by_name[("job.received", ok.id, 1)]["params"] == {"text": "hi", "shout": False}
+    assert by_name[("job.dead", bad.id, 2)]["reason"] == "attempts exhausted"
+    assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)
+    online = mine[0]
+    assert online["queue"] == settings.queue and online["concurrency"] == settings.concurrency
+
+
+def test_secret_looking_params_are_masked():
+    assert ev.redact({"size": "200x200", "api_key": "k", "password": "p"}) == {
+        "size": "200x200", "api_key": "***", "password": "***",
+    }
+
+
+def test_events_are_buffered_and_the_oldest_dropped_while_the_broker_is_away(tmp_path):
+    # Given a worker's event channel whose broker cannot be reached, with room for 5 events
+    class Away:
+        name, queue, bindings, concurrency, processed = "w-away", "q", ("q.#",), 1, 0
+        settings = settings_for(f"sqlite:///{tmp_path / 'x.sqlite3'}", "q")
+
+    def unreachable(url: str) -> Broker:
+        raise BrokerError("connection refused")
+
+    worker = Away()
+    out = WorkerEvents(worker, heartbeat=60, buffer=5, opener=unreachable)
+    out.start()
+    # When a worker emits more than that
+    started = time.monotonic()
+    for i in range(20):
+        out.emit("job.started", job="echo", job_id=str(i))
+    # Then emitting never waited on the broker, and the oldest events went, counted
+    assert time.monotonic() - started < 0.5
+    assert out.dropped >= 15
+    kept = [e.get("job_id") for e in out._buffer]
+    assert kept[-1] == "19" and len(kept) <= 5
