@@ -1,0 +1,421 @@
+"""The monitor's history store: events folded into jobs, workers, queues and counters (SQLite).
+
+Tables (``PRAGMA user_version`` 1):
+
+* ``events``: every event received (the body as JSON), deduplicated by event id;
+* ``jobs``: one row per job id with its latest state and details, folded from its events;
+* ``workers`` and ``queues``: what the last worker events said, and the polled queue depths;
+* ``job_counts`` and ``durations``: cumulative counters for ``/metrics``; never pruned, so
+  they survive restarts and retention.
+
+Events older than the retention go, and so do jobs not updated within it.  One connection
+shared by the collector (writes) and the web threads (reads) under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError
+
+SCHEMA_VERSION = 1
+BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+FINAL = ("succeeded", "failed", "dead")
+STATES = ("queued", "received", "started", "retrying", "succeeded", "failed", "dead")
+LOST_AFTER = 3  # missed heartbeats before a worker that said nothing counts as lost
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, event TEXT NOT NULL, job_id TEXT, worker TEXT,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, job TEXT, route TEXT, queue TEXT, state TEXT NOT NULL,
+    attempt INTEGER, attempts_allowed INTEGER, worker TEXT, submitted_at REAL,
+    first_seen REAL NOT NULL, updated REAL NOT NULL, started_at REAL, finished_at REAL,
+    duration REAL, params TEXT, files TEXT, options TEXT, error TEXT, traceback TEXT,
+    stdout TEXT, stderr TEXT, exit_code INTEGER, outputs TEXT, value TEXT, history TEXT,
+    dead_reason TEXT, retry_delay REAL);
+CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, updated);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY, host TEXT, pid INTEGER, queue TEXT, bindings TEXT,
+    concurrency INTEGER, interval REAL, state TEXT NOT NULL, started_at REAL,
+    last_seen REAL NOT NULL, busy INTEGER, running TEXT, processed INTEGER, dropped INTEGER);
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY, depth INTEGER, checked_at REAL, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS job_counts (
+    job TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (job, state));
+CREATE TABLE IF NOT EXISTS durations (
+    job TEXT PRIMARY KEY, buckets TEXT NOT NULL, sum REAL NOT NULL, count INTEGER NOT NULL);
+"""
+JSON_COLUMNS = ("params", "files", "options", "outputs", "value", "history")
+
+
+class History:
+    """The history file.  ``generation`` moves whenever something was recorded."""
+
+    def __init__(self, path: Path | str, retention: float = 7 * 86400, readonly: bool = False):
+        self.path = Path(path)
+        self.retention = retention
+        self.generation = 0
+        self._lock = threading.Lock()
+        try:
+            if readonly:
+                if not self.path.is_file():
+                    raise RunnerError(f"no monitor history at {self.path} (see `runner monitor`)")
+                self._db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                    isolation_level=None,
+                )
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._tx() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RunnerError(f"{self.path} was written by a newer runner monitor")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as exc:
+            raise RunnerError(f"cannot open the monitor history {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    class _Tx:
+        def __init__(self, history: History) -> None:
+            self.h = history
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.h._lock.acquire()
+            self.h._db.execute("BEGIN IMMEDIATE")
+            return self.h._db
+
+        def __exit__(self, exc_type: Any, *rest: Any) -> None:
+            try:
+                self.h._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.h._lock.release()
+
+    def _tx(self) -> History._Tx:
+        return History._Tx(self)
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(sql, tuple(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    # --- writing ---------------------------------------------------------------------------------
+    def record(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Fold events in (one transaction); return how many were new."""
+        new = 0
+        with self._tx() as db:
+            for event in events:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO events (id, ts, event, job_id, worker, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (event["id"], event["ts"], event["event"], event.get("job_id"),
+                     event.get("worker"), json.dumps(event, default=str)),
+                ).rowcount
+                if inserted:
+                    new += 1
+                    _fold(db, event)
+        if new:
+            self.generation += 1
+        return new
+
+    def set_depth(self, queue: str, depth: int | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE queues SET depth = ?, checked_at = ? WHERE name = ?",
+                (depth, time.time(), queue),
+            )
+        self.generation += 1
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget what is older than the retention; return how many jobs went."""
+        cutoff = (now or time.time()) - self.retention
+        with self._tx() as db:
+            db.execute("DELETE FROM events WHERE ts < ?", (cutoff,))
+            gone = db.execute("DELETE FROM jobs WHERE updated < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM workers WHERE last_seen < ?", (cutoff,))
+            db.execute("DELETE FROM queues WHERE last_seen < ?", (cutoff,))
+        if gone:
+            self.generation += 1
+        return gone
+
+    # --- reading ---------------------------------------------------------------------------------
+    def jobs(
+        self, state: str | None = None, job: str | None = None, route: str | None = None,
+        search: str | None = None, since: float | None = None, until: float | None = None,
+        limit: int = 100, offset: int = 0,
+    ) -> dict[str, Any]:
+        """Jobs, most recently updated first, and how many match in all.
+
+        ``state=failed`` includes dead-lettered jobs (they failed); ``search`` matches the
+        start of a job id.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if state:
+            states = ("failed", "dead") if state == "failed" else (state,)
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        for column, value in (("job", job), ("route", route)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if search:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append(search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        if since is not None:
+            where.append("updated >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("updated <= ?")
+            args.append(until)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        total = self._rows(f"SELECT COUNT(*) AS n FROM jobs {clause}", args)[0]["n"]
+        rows = self._rows(
+            "SELECT id, job, route, queue, state, attempt, attempts_allowed, worker, submitted_at,"
+            " first_seen, updated, started_at, finished_at, duration, error FROM jobs "
+            f"{clause} ORDER BY updated DESC, id LIMIT ? OFFSET ?",
+            [*args, max(1, min(limit, 1000)), max(0, offset)],
+        )
+        for row in rows:
+            row["error"] = (row["error"] or "").strip().splitlines()[-1][:300] if row["error"] else None
+        return {"total": total, "jobs": rows}
+
+    def facets(self) -> dict[str, Any]:
+        """Values the job filters can take, and how many jobs are in each state."""
+        counts = {r["state"]: r["n"] for r in self._rows(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        counts["failed"] = counts.get("failed", 0) + counts.get("dead", 0)  # as the filter
+        return {
+            "states": {s: counts.get(s, 0) for s in STATES},
+            "jobs": [r["job"] for r in self._rows(
+                "SELECT DISTINCT job FROM jobs WHERE job IS NOT NULL ORDER BY job")],
+            "routes": [r["route"] for r in self._rows(
+                "SELECT DISTINCT route FROM jobs WHERE route IS NOT NULL ORDER BY route")],
+        }
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """One job with every detail, its events and its attempts (oldest first)."""
+        found = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not found:
+            return None
+        job = found[0]
+        for column in JSON_COLUMNS:
+            job[column] = json.loads(job[column]) if job[column] is not None else None
+        events = [json.loads(r["body"]) for r in self._rows(
+            "SELECT body FROM events WHERE job_id = ? ORDER BY ts, rowid", (job_id,))]
+        job["events"] = [_timeline_entry(e) for e in events]
+        job["attempts"] = _attempts(events, job.get("history") or [])
+        job["retryable"] = job["state"] in ("failed", "dead")
+        return job
+
+    def workers(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = now or time.time()
+        rows = self._rows("SELECT * FROM workers ORDER BY queue, name")
+        for w in rows:
+            w["bindings"] = json.loads(w["bindings"] or "[]")
+            w["running"] = json.loads(w["running"] or "[]")
+            silent = now - w["last_seen"] > LOST_AFTER * (w["interval"] or 5.0) + 2
+            if w["state"] in ("online", "stopping") and silent:
+                w["state"] = "lost"
+        return rows
+
+    def queues(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Queues workers said they consume, with the polled depth and live consumers."""
+        workers = self.workers(now)
+        out = []
+        for q in self._rows("SELECT * FROM queues ORDER BY name"):
+            mine = [w for w in workers if w["queue"] == q["name"]]
+            live = [w for w in mine if w["state"] in ("online", "stopping")]
+            q["consumers"] = len(live)
+            q["slots"] = sum(w["concurrency"] or 0 for w in live)
+            q["busy"] = sum(w["busy"] or 0 for w in live)
+            q["bindings"] = sorted({b for w in mine for b in w["bindings"]})
+            out.append(q)
+        return out
+
+    def queue_names(self) -> list[str]:
+        return [r["name"] for r in self._rows("SELECT name FROM queues ORDER BY name")]
+
+    def counters(self) -> dict[str, Any]:
+        """Cumulative numbers for ``/metrics``."""
+        return {
+            "jobs": self._rows("SELECT job, state, n FROM job_counts ORDER BY job, state"),
+            "durations": [
+                {**r, "buckets": json.loads(r["buckets"])}
+                for r in self._rows("SELECT * FROM durations ORDER BY job")
+            ],
+        }
+
+
+# --- folding one event into the tables ------------------------------------------------------------
+def _fold(db: sqlite3.Connection, e: Mapping[str, Any]) -> None:
+    name = str(e["event"])
+    if name.startswith("worker."):
+        _fold_worker(db, name.split(".", 1)[1], e)
+    elif name.startswith("job.") and e.get("job_id"):
+        _fold_job(db, name.split(".", 1)[1], e)
+
+
+def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
+    ts, job_id = float(e["ts"]), str(e["job_id"])
+    db.execute(
+        "INSERT OR IGNORE INTO jobs (id, job, route, queue, state, attempt, first_seen, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, e.get("job"), e.get("route"), e.get("queue"), "received", e.get("attempt"),
+         ts, 0.0),
+    )
+    fresh = db.execute("SELECT updated <= ? FROM jobs WHERE id = ?", (ts, job_id)).fetchone()[0]
+    sets: dict[str, Any] = {}
+    for key in ("job", "route", "queue"):
+        if e.get(key):
+            sets[key] = e[key]
+    if state == "received":
+        sets.update(params=_js(e.get("params")), files=_js(e.get("files")),
+                    options=_js(e.get("options")), submitted_at=e.get("created_at"),
+                    attempts_allowed=(e.get("options") or {}).get("attempts"))
+    if state in ("succeeded", "failed"):
+        _count_duration(db, e)
+    if fresh:
+        sets.update(updated=ts, worker=e.get("worker") or None)
+        if e.get("attempt") is not None:
+            sets["attempt"] = e["attempt"]
+        new_state = {"failed": "failed" if e.get("final") else "retrying",
+                     "retried": "retrying", "resubmitted": "queued"}.get(state, state)
+        sets["state"] = new_state
+        if state == "started":
+            sets.update(started_at=ts, finished_at=None, duration=None, retry_delay=None)
+        elif state in ("succeeded", "failed"):
+            sets.update(
+                finished_at=ts, duration=e.get("duration"), exit_code=e.get("exit_code"),
+                stdout=e.get("stdout"), stderr=e.get("stderr"), history=_js(e.get("history")),
+            )
+            if state == "succeeded":
+                sets.update(error=None, traceback=None, dead_reason=None,
+                            outputs=_js(e.get("outputs")), value=_js(e.get("value")))
+            else:
+                sets.update(error=e.get("error"), traceback=e.get("traceback"))
+        elif state == "retried":
+            sets.update(retry_delay=e.get("delay"), error=e.get("error"))
+        elif state == "dead":
+            sets["dead_reason"] = e.get("reason")
+            if e.get("params") is not None:
+                sets["params"] = _js(e["params"])
+        elif state == "resubmitted":
+            sets.update(attempt=1, dead_reason=None, worker=None, retry_delay=None)
+    if state == "dead" and e.get("error"):
+        db.execute("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?", (e["error"], job_id))
+    if sets:
+        assigns = ", ".join(f"{k} = ?" for k in sets)
+        db.execute(f"UPDATE jobs SET {assigns} WHERE id = ?", (*sets.values(), job_id))
+    if state != "resubmitted" and e.get("job"):
+        db.execute(
+            "INSERT INTO job_counts (job, state, n) VALUES (?, ?, 1) "
+            "ON CONFLICT (job, state) DO UPDATE SET n = n + 1", (e["job"], state),
+        )
+
+
+def _count_duration(db: sqlite3.Connection, e: Mapping[str, Any]) -> None:
+    duration = e.get("duration")
+    if not isinstance(duration, (int, float)) or not e.get("job"):
+        return
+    row = db.execute("SELECT buckets FROM durations WHERE job = ?", (e["job"],)).fetchone()
+    buckets = json.loads(row[0]) if row else [0] * len(BUCKETS)
+    for i, bound in enumerate(BUCKETS):
+        if duration <= bound:
+            buckets[i] += 1
+    db.execute(
+        "INSERT INTO durations (job, buckets, sum, count) VALUES (?, ?, ?, 1) "
+        "ON CONFLICT (job) DO UPDATE SET buckets = excluded.buckets, sum = sum + excluded.sum, "
+        "count = count + 1",
+        (e["job"], json.dumps(buckets), float(duration)),
+    )
+
+
+def _fold_worker(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
+    ts, name = float(e["ts"]), str(e.get("worker") or "?")
+    row = db.execute("SELECT last_seen FROM workers WHERE name = ?", (name,)).fetchone()
+    if row is not None and row[0] > ts:
+        return  # an older event arriving late says nothing new
+    status = {"heartbeat": "stopping" if e.get("stopping") else "online"}.get(state, state)
+    db.execute(
+        "INSERT INTO workers (name, host, pid, queue, bindings, concurrency, interval, state, "
+        "started_at, last_seen, busy, running, processed, dropped) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+        "host = excluded.host, pid = excluded.pid, queue = excluded.queue, "
+        "bindings = excluded.bindings, concurrency = excluded.concurrency, "
+        "interval = excluded.interval, state = excluded.state, "
+        "started_at = COALESCE(excluded.started_at, started_at), last_seen = excluded.last_seen,"
+        " busy = excluded.busy, running = excluded.running, "
+        "processed = COALESCE(excluded.processed, processed), dropped = excluded.dropped",
+        (name, e.get("host"), e.get("pid"), e.get("queue"), _js(e.get("bindings") or []),
+         e.get("concurrency"), e.get("interval"), status, ts if state == "online" else None,
+         ts, e.get("busy", 0), _js(e.get("running") or []), e.get("processed"),
+         e.get("dropped", 0)),
+    )
+    if e.get("queue"):
+        db.execute(
+            "INSERT INTO queues (name, last_seen) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+            (e["queue"], ts),
+        )
+
+
+def _js(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _timeline_entry(e: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("event", "ts", "worker", "attempt", "error", "duration", "delay", "reason", "final",
+            "exit_code", "by", "next_attempt")
+    return {k: e[k] for k in keep if e.get(k) is not None}
+
+
+def _attempts(events: list[Mapping[str, Any]], history: list[Mapping[str, Any]]) -> list[dict]:
+    """One row per finished attempt: from the events, plus history entries no event covers
+    (attempts made before this monitor listened)."""
+    starts: dict[tuple[Any, Any], float] = {}
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        key = (e.get("attempt"), e.get("worker"))
+        if e["event"] == "job.started":
+            starts[key] = e["ts"]
+        elif e["event"] in ("job.succeeded", "job.failed"):
+            rows.append({
+                "attempt": e.get("attempt"), "worker": e.get("worker"),
+                "started_at": starts.pop(key, None), "finished_at": e["ts"],
+                "duration": e.get("duration"), "exit_code": e.get("exit_code"),
+                "outcome": "succeeded" if e["event"] == "job.succeeded" else "failed",
+                "error": e.get("error"), "traceback": e.get("traceback") or None,
+            })
+    for h in history:
+        finished = h.get("finished_at") or 0
+        if not any(r["attempt"] == h.get("attempt") and abs(r["finished_at"] - finished) < 5
+                   for r in rows):
+            rows.append({
+                "attempt": h.get("attempt"), "worker": h.get("worker"), "started_at": None,
+                "finished_at": finished, "duration": h.get("duration"),
+                "exit_code": h.get("exit_code"),
+                "outcome": "failed" if h.get("error") else "succeeded",
+                "error": h.get("error"), "traceback": None,
+            })
+    return sorted(rows, key=lambda r: r["finished_at"] or 0)
