@@ -225,13 +225,16 @@ def test_a_worker_emits_the_life_of_its_jobs_and_itself(broker_url, event_queue,
     # Then the events tell the whole story, in order
     assert names[0] == "worker.online" and names[-1] == "worker.offline"
     assert "worker.heartbeat" in names
-    jobs = [(e["event"], e["job_id"], e["attempt"]) for e in mine if e["event"].startswith("job.")]
-    assert jobs == [
-        ("job.received", ok.id, 1), ("job.started", ok.id, 1), ("job.succeeded", ok.id, 1),
-        ("job.received", bad.id, 1), ("job.started", bad.id, 1), ("job.failed", bad.id, 1),
-        ("job.retried", bad.id, 1), ("job.received", bad.id, 2), ("job.started", bad.id, 2),
-        ("job.failed", bad.id, 2), ("job.dead", bad.id, 2),
-    ]
+    # (per attempt: attempt 2 may start on another slot before attempt 1's last events)
+    per_attempt: dict[tuple[str, int], list[str]] = {}
+    for e in mine:
+        if e["event"].startswith("job."):
+            per_attempt.setdefault((e["job_id"], e["attempt"]), []).append(e["event"][4:])
+    assert per_attempt == {
+        (ok.id, 1): ["received", "started", "succeeded"],
+        (bad.id, 1): ["received", "started", "failed", "retried"],
+        (bad.id, 2): ["received", "started", "failed", "dead"],
+    }
     by_name = {(e["event"], e["job_id"], e.get("attempt")): e for e in mine if "job_id" in e}
     final = by_name[("job.failed", bad.id, 2)]
     assert final["final"] is True and "ValueError: boom" in final["traceback"]

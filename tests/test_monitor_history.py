@@ -69,6 +69,22 @@ def test_duplicate_and_late_events_change_nothing(tmp_path):
     assert len(history.job("j1")["events"]) == 8
 
 
+def test_a_late_event_of_an_earlier_attempt_does_not_undo_a_later_one(tmp_path):
+    # Attempt 2 can run on another slot before attempt 1's failure is reported
+    history = History(tmp_path / "h.sqlite3")
+    t0 = time.time() - 60
+    history.record([
+        job_event("job.started", "j1", t0),
+        {**job_event("job.started", "j1", t0 + 1), "attempt": 2},
+        {**job_event("job.succeeded", "j1", t0 + 2, duration=1.0), "attempt": 2},
+        job_event("job.failed", "j1", t0 + 3, final=False, error="flaky"),
+        job_event("job.retried", "j1", t0 + 3.1, delay=0, next_attempt=2),
+    ])
+    job = history.job("j1")
+    assert (job["state"], job["attempt"]) == ("succeeded", 2)
+    assert [a["outcome"] for a in job["attempts"]] == ["succeeded", "failed"]
+
+
 def test_history_survives_reopening_and_forgets_past_the_retention(tmp_path):
     path = tmp_path / "h.sqlite3"
     history = History(path, retention=3600)

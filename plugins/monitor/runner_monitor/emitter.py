@@ -262,7 +262,7 @@ class Emitter:
         out.emit(
             "job.received",
             **base,
-            params=ev.redact(message.params),
+            params=ev.redact(_declared_order(job, message.params)),
             files=[{"name": f.name, "size": len(f.data)} for f in message.files.values()],
             options={**message.options.to_json(), "attempts": allowed},
             created_at=message.created_at,
@@ -321,6 +321,12 @@ class Emitter:
             fields["error"] = result.error
         out.emit("job.dead", **fields)
         out.job_done(message.id if message is not None else None)
+
+
+def _declared_order(job: Any, params: Any) -> dict[str, Any]:
+    """Parameters in the order the job type declares them (the message sorts them)."""
+    names = [n for n in job.param_names() if n in params] if hasattr(job, "param_names") else []
+    return {**{n: params[n] for n in names}, **params}
 
 
 def _job_fields(job: str, message: Any, queue: str) -> dict[str, Any]:

@@ -192,12 +192,13 @@ class History:
         total = self._rows(f"SELECT COUNT(*) AS n FROM jobs {clause}", args)[0]["n"]
         rows = self._rows(
             "SELECT id, job, route, queue, state, attempt, attempts_allowed, worker, submitted_at,"
-            " first_seen, updated, started_at, finished_at, duration, error FROM jobs "
+            " first_seen, updated, started_at, finished_at, duration, error, params, files FROM jobs "
             f"{clause} ORDER BY updated DESC, id LIMIT ? OFFSET ?",
             [*args, max(1, min(limit, 1000)), max(0, offset)],
         )
         for row in rows:
             row["error"] = (row["error"] or "").strip().splitlines()[-1][:300] if row["error"] else None
+            row["summary"] = _summary(row.pop("params"), row.pop("files"))
         return {"total": total, "jobs": rows}
 
     def facets(self) -> dict[str, Any]:
@@ -284,7 +285,15 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
         (job_id, e.get("job"), e.get("route"), e.get("queue"), "received", e.get("attempt"),
          ts, 0.0),
     )
-    fresh = db.execute("SELECT updated <= ? FROM jobs WHERE id = ?", (ts, job_id)).fetchone()[0]
+    updated, attempt = db.execute(
+        "SELECT updated, attempt FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    # Attempt n+1 may start on another slot before attempt n's last events are out: an event
+    # of an earlier attempt, or an older one, joins the timeline without moving the state.
+    earlier = isinstance(e.get("attempt"), int) and isinstance(attempt, int) and (
+        e["attempt"] < attempt
+    )
+    fresh = ts >= updated and not (earlier and state != "resubmitted")
     sets: dict[str, Any] = {}
     for key in ("job", "route", "queue"):
         if e.get(key):
@@ -378,6 +387,16 @@ def _fold_worker(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> No
             "ON CONFLICT (name) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
             (e["queue"], ts),
         )
+
+
+def _summary(params: str | None, files: str | None) -> str:
+    """``coffee.jpg · size=200x200``: input file names, then parameters, short."""
+    names = [str(f.get("name")) for f in json.loads(files or "[]") if isinstance(f, dict)]
+    given = json.loads(params or "{}")
+    pairs = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in given.items()
+             if v not in (None, False, "")]
+    text = " · ".join(x for x in (", ".join(names), " ".join(pairs)) if x)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def _js(value: Any) -> str | None:

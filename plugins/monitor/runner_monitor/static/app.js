@@ -107,15 +107,16 @@ async function jobsView(params) {
   const rows = data.jobs.map((j) => h("tr", {"data-id": j.id, class: "job-row",
       onclick: () => { location.hash = `#/job/${j.id}`; }},
     h("td", {class: "mono"}, h("a", {href: `#/job/${j.id}`}, shortId(j.id))),
-    h("td", {}, j.job || "?"), h("td", {}, j.route || ""), h("td", {}, badge(j.state)),
+    h("td", {}, j.job || "?"), h("td", {class: "summary", title: j.summary}, j.summary),
+    h("td", {}, j.route || ""), h("td", {}, badge(j.state)),
     h("td", {class: "num"}, j.attempt ? `${j.attempt}${j.attempts_allowed ? "/" + j.attempts_allowed : ""}` : ""),
     h("td", {}, j.worker || ""), h("td", {class: "num"}, secs(j.duration)),
     h("td", {}, when(j.updated)), h("td", {class: "error"}, j.error || "")));
   return [h("h2", {}, "Jobs ", h("small", {}, `${data.total} matching`)), chips, form,
     h("table", {id: "jobs-table"},
-      h("thead", {}, h("tr", {}, ["id", "type", "route", "state", "attempt", "worker",
+      h("thead", {}, h("tr", {}, ["id", "type", "input", "route", "state", "attempt", "worker",
                                    "duration", "updated", "error"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", {colspan: 9, class: "muted"},
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", {colspan: 10, class: "muted"},
         "No jobs yet. Jobs appear here as workers report them.")))) ];
 }
 
