@@ -19,6 +19,7 @@ from runner.errors import (
     RunnerError,
     UnroutableError,
 )
+from runner.config import parse_duration, parse_size
 from runner.jobs import JobContext, JobType, RetryPolicy, SandboxProfile
 
 hookimpl = pluggy.HookimplMarker("runner")
@@ -39,4 +40,6 @@ __all__ = [
     "SandboxProfile",
     "UnroutableError",
     "hookimpl",
+    "parse_duration",
+    "parse_size",
 ]

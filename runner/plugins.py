@@ -47,6 +47,7 @@ class Plugins:
         self.pm = pm
         self.errors = errors
         self.dists = dists or {}
+        self.tracing = False
         self.jobs = Registry()
         self._job_plugin: dict[str, str] = {}
         for impl in pm.hook.register_jobs.get_hookimpls():
@@ -125,6 +126,8 @@ class Plugins:
     def _observe(self, hook: str, **kwargs: Any) -> None:
         """Observers never break the job path, nor each other: each one's error is logged."""
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            if self.tracing:
+                log.info("hook: %s [%s] %s", hook, impl.plugin_name, sorted(kwargs))
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             except Exception:
@@ -184,6 +187,7 @@ def make_plugins(
         pm.trace.root.setwriter(lambda msg: log.info("hook: %s", msg.rstrip()))
         pm.enable_tracing()
     plugins = Plugins(pm, errors, dists, settings)
-    for err in errors:
-        log.error("%s", err)
+    plugins.tracing = trace
+    for err in errors:  # the CLI shows them once, in red; library users read .errors
+        log.debug("%s", err)
     return plugins
