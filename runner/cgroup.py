@@ -214,7 +214,7 @@ class JobCgroup:
         deadline = time.monotonic() + wait
         while self.pids() and time.monotonic() < deadline:
             self.kill()
-            time.sleep(0.01)
+            time.sleep(0.001)
         for d in reversed(self.dirs):
             try:
                 d.rmdir()

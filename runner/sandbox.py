@@ -171,6 +171,9 @@ def _wait(
         usage: dict[str, int] = {}
         if launch is not None and launch.cgroup is not None:
             usage = launch.cgroup.stats()
+            # bwrap's PID-1 helper is re-parented to the worker; as a zombie it still counts
+            # in the cgroup, which cannot be removed until it is reaped.
+            reaper.reap()
             launch.cgroup.remove()
     code = proc.returncode
     return Completed(

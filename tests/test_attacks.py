@@ -174,7 +174,7 @@ def test_fork_bomb_is_capped(client, worker):
         pytest.skip("no process cap without a slot uid or a writable cgroup (see docs/security.md)")
     result = run(client, worker, "attack-forkbomb", tries=2000)
     assert result.ok, result.error
-    assert result.value["created"] <= 64 and result.value["failed"] > 1000
+    assert result.value["created"] < 70 and result.value["failed"] > 1900  # profile: 64 processes
     assert eventually(lambda: not processes_of(SLOT_UIDS)), "sleepers left after the job"
     still_serving(client, worker)
 
