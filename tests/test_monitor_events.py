@@ -6,6 +6,8 @@ with deadlines.
 
 from __future__ import annotations
 
+import signal
+import socket
 import threading
 import time
 import uuid
@@ -274,3 +276,27 @@ def test_events_are_buffered_and_the_oldest_dropped_while_the_broker_is_away(tmp
     assert out.dropped >= 15
     kept = [e.get("job_id") for e in out._buffer]
     assert kept[-1] == "19" and len(kept) <= 5
+
+
+def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cleanup_queues):
+    # Given a monitor queue and `runner worker` in its own process
+    queue = f"test.monitor.{uuid.uuid4().hex[:10]}"
+    cleanup_queues.append(queue)
+    with connect(amqp_url) as broker:
+        broker.declare_event_queue(queue, patterns=["worker.*"])
+    route = unique_route()
+    cleanup_queues.append(f"test.{route}")
+    wp = worker_process(f"test.{route}", [f"{route}.#"])
+    # When it is stopped with SIGTERM, and exits at once (no job running)
+    assert wp.stop(signal.SIGTERM) == 0
+    # Then its last event, published before the interpreter went, says it is offline
+    name = f"{socket.gethostname()}.{wp.proc.pid}"
+    reader = Reader(amqp_url, queue)
+    try:
+        got = reader.wait_until(lambda got: any(
+            e.routing_key == "worker.offline" and ev.from_envelope(e)["worker"] == name
+            for e in got))
+    finally:
+        reader.close()
+    states = [ev.from_envelope(e)["event"] for e in got if ev.from_envelope(e)["worker"] == name]
+    assert states[0] == "worker.online" and states[-1] == "worker.offline"

@@ -85,6 +85,31 @@ def test_a_late_event_of_an_earlier_attempt_does_not_undo_a_later_one(tmp_path):
     assert [a["outcome"] for a in job["attempts"]] == ["succeeded", "failed"]
 
 
+def test_a_dead_job_sent_back_runs_again_whichever_event_comes_first(tmp_path):
+    history = History(tmp_path / "h.sqlite3")
+    t0 = time.time() - 60
+    run = [job_event("job.received", "j1", t0 + 20), job_event("job.started", "j1", t0 + 20.1),
+           job_event("job.succeeded", "j1", t0 + 21, duration=0.9)]
+    note = ev.new_event("job.resubmitted", {"worker": None, "host": None, "pid": None}, 0,
+                        job_id="j1", job="resize", attempt=1, by="bearer")
+    note["ts"] = t0 + 19.9
+    # `runner dead retry` (no note): the new run's attempt 1 follows attempt 2's death
+    history.record(story("j1", t0) + run)
+    assert (history.job("j1")["state"], history.job("j1")["attempt"]) == ("succeeded", 1)
+    # The monitor's Retry note arriving after the worker's events changes nothing
+    late = History(tmp_path / "late.sqlite3")
+    late.record(story("j1", t0) + run + [note])
+    assert late.job("j1")["state"] == "succeeded"
+    assert [e["event"] for e in late.job("j1")["events"]][-4:] == [
+        "job.resubmitted", "job.received", "job.started", "job.succeeded"]
+    # ... and arriving first, it shows the job queued until a worker takes it
+    first = History(tmp_path / "first.sqlite3")
+    first.record(story("j1", t0) + [note])
+    assert first.job("j1")["state"] == "queued"
+    first.record(run)
+    assert first.job("j1")["state"] == "succeeded"
+
+
 def test_history_survives_reopening_and_forgets_past_the_retention(tmp_path):
     path = tmp_path / "h.sqlite3"
     history = History(path, retention=3600)

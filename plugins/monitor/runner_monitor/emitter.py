@@ -11,6 +11,7 @@ State is kept per worker object (several workers may live in one process, as in 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ HEARTBEAT = 5.0
 BUFFER = 10_000
 BACKOFF_MAX = 30.0
 STOP_EXTRA = 10.0  # seconds past the worker's grace a stopping worker's events may still take
+EXIT_FLUSH = 5.0  # seconds the interpreter's exit waits for the last events (worker.offline)
 
 
 def _connect(url: str) -> Broker:
@@ -67,6 +69,7 @@ class WorkerEvents:
         self.running: dict[str, dict[str, Any]] = {}
         self._stopping_at: float | None = None
         self._offline_sent = False
+        self._exiting = False
         self.closed = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"events-{self.name}", daemon=True
@@ -76,6 +79,7 @@ class WorkerEvents:
     def start(self) -> None:
         self.emit("worker.online", **self._worker_fields())
         self._thread.start()
+        _LIVE.add(self)
 
     def emit(self, name: str, **fields: Any) -> None:
         """Queue one event; never blocks on the broker."""
@@ -139,7 +143,7 @@ class WorkerEvents:
         if self._stopping_at is None or self._offline_sent:
             return False
         over = time.monotonic() - self._stopping_at > self.grace + 1
-        return not self.running or over
+        return not self.running or over or self._exiting
 
     def _run(self) -> None:
         broker: Broker | None = None
@@ -211,6 +215,28 @@ class WorkerEvents:
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the thread has published everything and stopped (tests, embedders)."""
         return self.closed.wait(timeout)
+
+    def flush_at_exit(self, timeout: float) -> None:
+        """The process is exiting: say ``worker.offline`` now and publish what is left."""
+        with self._cond:
+            if self._stopping_at is None:
+                self._stopping_at = time.monotonic()
+            self._exiting = True
+            self._cond.notify_all()
+        self.closed.wait(timeout)
+
+
+_LIVE: weakref.WeakSet[WorkerEvents] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    # Daemon threads die with the interpreter; ``runner worker`` exits right after its last
+    # job, so wait (briefly) for the offline event and whatever else is buffered.
+    deadline = time.monotonic() + EXIT_FLUSH
+    for out in list(_LIVE):
+        if not out.closed.is_set():
+            out.flush_at_exit(max(0.0, deadline - time.monotonic()))
 
 
 def _close(broker: Broker) -> None:

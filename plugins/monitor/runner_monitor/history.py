@@ -134,17 +134,19 @@ class History:
                 if inserted:
                     new += 1
                     _fold(db, event)
-        if new:
-            self.generation += 1
+            if new:
+                self.generation += 1  # under the lock: writers never lose an increment
         return new
 
     def set_depth(self, queue: str, depth: int | None) -> None:
         with self._tx() as db:
+            before = db.execute("SELECT depth FROM queues WHERE name = ?", (queue,)).fetchone()
             db.execute(
                 "UPDATE queues SET depth = ?, checked_at = ? WHERE name = ?",
                 (depth, time.time(), queue),
             )
-        self.generation += 1
+            if before is not None and before[0] != depth:
+                self.generation += 1  # only news wakes the dashboards
 
     def prune(self, now: float | None = None) -> int:
         """Forget what is older than the retention; return how many jobs went."""
@@ -154,8 +156,8 @@ class History:
             gone = db.execute("DELETE FROM jobs WHERE updated < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM workers WHERE last_seen < ?", (cutoff,))
             db.execute("DELETE FROM queues WHERE last_seen < ?", (cutoff,))
-        if gone:
-            self.generation += 1
+            if gone:
+                self.generation += 1
         return gone
 
     # --- reading ---------------------------------------------------------------------------------
@@ -285,15 +287,10 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
         (job_id, e.get("job"), e.get("route"), e.get("queue"), "received", e.get("attempt"),
          ts, 0.0),
     )
-    updated, attempt = db.execute(
-        "SELECT updated, attempt FROM jobs WHERE id = ?", (job_id,)
+    current, updated, attempt = db.execute(
+        "SELECT state, updated, attempt FROM jobs WHERE id = ?", (job_id,)
     ).fetchone()
-    # Attempt n+1 may start on another slot before attempt n's last events are out: an event
-    # of an earlier attempt, or an older one, joins the timeline without moving the state.
-    earlier = isinstance(e.get("attempt"), int) and isinstance(attempt, int) and (
-        e["attempt"] < attempt
-    )
-    fresh = ts >= updated and not (earlier and state != "resubmitted")
+    fresh = _moves_state(state, e.get("attempt"), ts, current, updated, attempt)
     sets: dict[str, Any] = {}
     for key in ("job", "route", "queue"):
         if e.get(key):
@@ -341,6 +338,28 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
             "INSERT INTO job_counts (job, state, n) VALUES (?, ?, 1) "
             "ON CONFLICT (job, state) DO UPDATE SET n = n + 1", (e["job"], state),
         )
+
+
+def _moves_state(
+    state: str, attempt: Any, ts: float, current: str, updated: float, current_attempt: Any
+) -> bool:
+    """Whether an event changes the job's state, or only joins its timeline.
+
+    Events can arrive out of order: attempt n+1 may start on another slot before attempt n's
+    last events are out, and the monitor's own Retry note races the worker taking the job.
+    """
+    if state == "resubmitted":
+        return current in ("failed", "dead")  # unless a worker already took it again
+    if current == "queued":
+        return True  # sent back by Retry: the next worker event is the new run
+    if ts < updated:
+        return False
+    earlier = isinstance(attempt, int) and isinstance(current_attempt, int) and (
+        attempt < current_attempt
+    )
+    # A dead job retried (here or with `runner dead retry`) starts again at attempt 1.
+    new_run = current in ("failed", "dead") and attempt == 1
+    return not earlier or new_run
 
 
 def _count_duration(db: sqlite3.Connection, e: Mapping[str, Any]) -> None:

@@ -127,18 +127,19 @@ class Actions:
     def retry(self, job_id: str, by: str) -> dict[str, Any]:
         """Re-publish the job's dead letter as ``runner dead retry`` does; note it in the
         history.  Raises :class:`RunnerError` (no such dead letter, unroutable)."""
+        known = self.history.job(job_id) or {}
+        # Stamped before the publish: the worker's events for the new run come after it.
+        event = ev.new_event(
+            "job.resubmitted", {"worker": None, "host": None, "pid": None}, 0,
+            job_id=job_id, job=known.get("job"), route=known.get("route"),
+            queue=known.get("queue"), attempt=1, by=by,
+        )
         broker = self.opener(self.url)
         try:
             env = resubmit(broker, job_id)
         finally:
             broker.close()
-        known = self.history.job(job_id) or {}
-        event = ev.new_event(
-            "job.resubmitted", {"worker": None, "host": None, "pid": None}, 0,
-            job_id=job_id, job=env.type or known.get("job"), route=known.get("route"),
-            queue=known.get("queue"), attempt=1, by=by,
-        )
-        self.history.record([event])
+        self.history.record([{**event, "job": event["job"] or env.type}])
         return {"id": job_id, "routing_key": env.routing_key, "state": "queued"}
 
 
