@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,8 @@ from runner.errors import BrokerError
 from runner.plugins import make_plugins
 from runner.testing import running_worker, settings_for, unique_route
 from runner_monitor import events as ev
-from runner_monitor.emitter import Emitter, WorkerEvents
+from runner_monitor.emitter import Emitter
+from runner_monitor.outbox import WorkerEvents
 
 WAIT = 20.0
 

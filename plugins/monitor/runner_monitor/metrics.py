@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runner_monitor.history import BUCKETS, History
+from runner_monitor.fold import BUCKETS
+from runner_monitor.history import History
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
