@@ -206,8 +206,9 @@ def _attempt(
             verdict, done, error=outcome.get("error"), traceback=outcome.get("traceback"),
             delay=outcome.get("delay"),
         )
-    if done.signal is not None or (done.exit_code or 0) > 128 and jail is not None and "bwrap" in jail.layers:
-        # bwrap reports a job killed by a signal as exit status 128 + signal.
+    # bwrap reports a job killed by a signal as exit status 128 + signal.
+    bwrap_signal = jail is not None and "bwrap" in jail.layers and (done.exit_code or 0) > 128
+    if done.signal is not None or bwrap_signal:
         sig = done.signal if done.signal is not None else (done.exit_code or 0) - 128
         error = f"killed by signal {sig}"
         verdict = Verdict.RETRY

@@ -137,6 +137,12 @@ class ReplayCache:
         with self._lock:
             return self._seen.get(key, (0, 0))[0]
 
+    def forget(self, key: tuple[str, str, int], attempt: int) -> None:
+        with self._lock:
+            seen, expires = self._seen.get(key, (0, 0))
+            if seen == attempt:
+                self._seen[key] = (attempt - 1, expires)
+
     def remember(self, key: tuple[str, str, int], attempt: int, expires_ms: int) -> None:
         with self._lock:
             previous = self._seen.get(key, (0, 0))[0]
@@ -182,7 +188,8 @@ class Verifier:
         if h.get(H_ALG) != ALG:
             raise SignatureError(f"forged: algorithm {str(h.get(H_ALG))[:20]!r} is not {ALG}")
         issued, expires = h.get(H_ISSUED), h.get(H_EXPIRES)
-        if not _is_int(issued) or not _is_int(expires):
+        if not isinstance(issued, int) or not isinstance(expires, int) or isinstance(issued, bool) \
+                or isinstance(expires, bool):
             raise SignatureError("forged: issued-at and expiry must be integers")
         data = signed_bytes(env, kid, issued, expires)
         try:
@@ -207,6 +214,11 @@ class Verifier:
     def settled(self, env: Envelope, signed: Signed, attempt: int) -> None:
         """Record that this attempt of the job is done, so a copy of it is a replay."""
         self.replays.remember((signed.kid, env.message_id, signed.issued_ms), attempt, signed.expires_ms)
+
+    def unsettled(self, env: Envelope, signed: Signed, attempt: int) -> None:
+        """Undo :meth:`settled` when the outcome could not be published: the broker delivers
+        this attempt again, and that delivery is not a replay."""
+        self.replays.forget((signed.kid, env.message_id, signed.issued_ms), attempt)
 
 
 def signer_from_settings(table: Mapping[str, Any], base: Path) -> Signer | None:
@@ -248,6 +260,3 @@ def _check_kid(kid: str, where: str) -> str:
         raise ConfigError(f"{where}: key id {kid!r} must be 1-{MAX_KID} letters, digits, - _ .")
     return kid
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

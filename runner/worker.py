@@ -191,8 +191,14 @@ class Worker:
                     id=message.id, job=job.name, status=JobStatus.FAILED,
                     attempts=message.attempt, error=f"worker error: {exc}", worker=self.name,
                 ))
-            if self._finish(delivery, message, job, attempt) and signed and self.verifier:
-                self.verifier.settled(env, signed, message.attempt)
+            verifier = self.verifier if attempt.verdict is not Verdict.CANCELLED else None
+            if verifier is not None and signed is not None:
+                # Recorded before the outcome goes out: a copy delivered meanwhile is a replay.
+                verifier.settled(env, signed, message.attempt)
+                if not self._finish(delivery, message, job, attempt):
+                    verifier.unsettled(env, signed, message.attempt)
+            else:
+                self._finish(delivery, message, job, attempt)
         finally:
             self._slots.put(slot)
             with self._lock:

@@ -38,9 +38,8 @@ SECRET = f"FAKE-CANARY-{uuid.uuid4().hex}"
 # service user can read it.
 UNPRIVILEGED_LAUNCH = r"""
 set -e
-uid=$1; hidden=$2; shift 2
+uid=$1; hidden=$2; stash=$3; shift 3
 if [ -n "$hidden" ]; then
-    stash=$(mktemp -d /tmp/runner-stash-XXXXXX)
     mount --bind "$hidden" "$stash"
     mount -t tmpfs -o mode=0755 tmpfs /root
     mkdir -p "$hidden"
@@ -60,6 +59,7 @@ class WorkerUnderTest:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"runner-{kind}-"))
         self.workdir.chmod(0o711)  # traversable: jobs of slot uids work here even without bwrap
         self.lines: list[str] = []
+        self.stash = ""
         env = {
             **os.environ, "RUNNER_BROKER_URL": amqp_url, "RUNNER_WORKDIR": str(self.workdir),
             "RUNNER_PLUGINS": "jobs_plugin,attack_jobs", "RUNNER_TEST_SECRET": SECRET,
@@ -71,8 +71,9 @@ class WorkerUnderTest:
             hidden = ""
             if sys.prefix.startswith("/root/"):
                 hidden = "/root/" + Path(sys.prefix).relative_to("/root").parts[0]
-            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    UNPRIVILEGED_LAUNCH, "launch", str(UNPRIVILEGED_UID), hidden, *argv]
+            self.stash = tempfile.mkdtemp(prefix="runner-stash-")
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", UNPRIVILEGED_LAUNCH,
+                    "launch", str(UNPRIVILEGED_UID), hidden, self.stash, *argv]
         self.proc = subprocess.Popen(argv, env=env, cwd=TESTS, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
@@ -103,6 +104,8 @@ class WorkerUnderTest:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.stash:
+            os.rmdir(self.stash)
 
 
 @pytest.fixture(scope="module", params=["root", "unprivileged"])
