@@ -101,8 +101,8 @@ def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: 
 
 def _broker_options(settings: Any) -> dict[str, Any]:
     if settings.broker_url.startswith("amqp"):
-        return {"connect_for": None, "max_redeliveries": settings.max_redeliveries}
-    return {"max_redeliveries": settings.max_redeliveries}
+        return {"connect_for": None}
+    return {}
 
 
 @cli.command()

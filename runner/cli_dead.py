@@ -12,6 +12,7 @@ import click
 from runner.broker import Broker, Envelope, connect
 from runner.cli_jobs import App
 from runner.errors import RunnerError
+from runner.signing import Signer, signer_from_settings
 from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
 
 pass_app = click.make_pass_decorator(App)
@@ -45,11 +46,13 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
     return record
 
 
-def resubmit(broker: Broker, job_id: str) -> Envelope:
+def resubmit(broker: Broker, job_id: str, signer: Signer | None = None) -> Envelope:
     """Send dead-lettered job ``job_id`` back to its route as a fresh first attempt.
 
     Publishes first, then removes the dead letter: a failure in between duplicates, never
     loses.  Returns the dead letter as it was.  Used by ``runner dead retry`` and the monitor.
+    With a ``signer`` (``[signing] key``), the fresh attempt is signed anew, so workers that
+    verify signatures run it.
 
     Raises:
         RunnerError: there is no such dead letter.
@@ -60,7 +63,8 @@ def resubmit(broker: Broker, job_id: str) -> Envelope:
         raise RunnerError(f"no dead-lettered job {job_id}")
     env = found[0]
     kept = {k: v for k, v in env.headers.items() if not str(k).startswith("x-runner-")}
-    broker.publish(replace(env, headers={**kept, H_PROTOCOL: PROTOCOL, H_ATTEMPT: 1}))
+    fresh = replace(env, headers={**kept, H_PROTOCOL: PROTOCOL, H_ATTEMPT: 1})
+    broker.publish(signer.sign(fresh) if signer is not None else fresh)
     broker.take_dead(job_id)
     return env
 
@@ -114,8 +118,10 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
 @pass_app
 def dead_retry(app: App, job_id: str) -> None:
     """Send a dead-lettered job back to its route, as a fresh first attempt."""
-    with connect(app.settings().broker_url) as broker:
-        env = resubmit(broker, job_id)
+    settings = app.settings()
+    signer = signer_from_settings(settings.signing, settings.base_dir("signing"))
+    with connect(settings.broker_url) as broker:
+        env = resubmit(broker, job_id, signer)
     click.echo(f"{job_id} sent back on {env.routing_key}")
 
 

@@ -73,11 +73,16 @@ def job_retrying(
 
 @hookspec
 def job_dead(
-    message: JobMessage | None, reason: str, result: JobResult | None, worker: Any
+    job: JobType | None,
+    message: JobMessage | None,
+    reason: str,
+    result: JobResult | None,
+    worker: Any,
 ) -> None:
     """A message was dead-lettered: the last attempt failed, or it could not be run at all.
 
-    ``message`` is ``None`` when the message could not even be decoded.
+    ``message`` is ``None`` when the message could not even be decoded, ``job`` when it names
+    no job type this worker knows.
     """
 
 

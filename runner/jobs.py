@@ -180,6 +180,8 @@ class JobType:
     ``function`` (``"package.module:function"``, called in a child interpreter as
     ``function(ctx, **params)``) must be set.  Input-file parameters (``inputs``) arrive as paths
     inside ``ctx.in_dir``; files the job writes to ``ctx.out_dir`` come back to the client.
+    ``secret_params`` names parameters whose values are redacted wherever runner reports them
+    (failure e-mails, the monitor).
     """
 
     name: str
@@ -192,6 +194,7 @@ class JobType:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     route: str = "default"
     sandbox: SandboxProfile = field(default_factory=SandboxProfile)
+    secret_params: Sequence[str] = ()
     plugin: str = ""
 
     def param_names(self) -> list[str]:
@@ -221,7 +224,8 @@ class JobType:
                 if param.required:
                     raise JobError(f"job {self.name!r}: missing parameter {name!r}")
                 default = param.get_default(ctx, call=True)
-                out[name] = _plain(default)
+                # click >= 8.2 returns a sentinel, not None, for "no default".
+                out[name] = None if type(default).__name__ == "Sentinel" else _plain(default)
                 continue
             try:
                 value = param.type_cast_value(ctx, params[name])

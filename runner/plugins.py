@@ -113,9 +113,16 @@ class Plugins:
         )
 
     def job_dead(
-        self, message: JobMessage | None, reason: str, result: JobResult | None, worker: Any
+        self,
+        job: JobType | None,
+        message: JobMessage | None,
+        reason: str,
+        result: JobResult | None,
+        worker: Any,
     ) -> None:
-        self._observe("job_dead", message=message, reason=reason, result=result, worker=worker)
+        self._observe(
+            "job_dead", job=job, message=message, reason=reason, result=result, worker=worker
+        )
 
     def worker_started(self, worker: Any) -> None:
         self._observe("worker_started", worker=worker)

@@ -34,6 +34,7 @@ from runner.message import (
     H_ATTEMPT,
     H_DEAD_ERROR,
     H_DEAD_REASON,
+    H_DELIVERIES,
     MAX_HISTORY,
     JobMessage,
     JobResult,
@@ -158,6 +159,13 @@ class Worker:
     def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
         signed: Signed | None = None
+        deliveries = env.headers.get(H_DELIVERIES, 0)
+        if isinstance(deliveries, int) and deliveries > self.settings.max_redeliveries:
+            self._reject_unrunnable(
+                delivery,
+                f"delivered {deliveries + 1} times without finishing; it may crash workers",
+            )
+            return
         try:
             if self.verifier is not None:  # before anything reads the body
                 signed = self.verifier.verify(env, _attempt_of(env))
@@ -249,7 +257,7 @@ class Worker:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
         if self._settle(delivery, out):
             self.plugins.job_failed(job, message, result, True, self)
-            self.plugins.job_dead(message, reason, result, self)
+            self.plugins.job_dead(job, message, reason, result, self)
             return True
         return False
 
@@ -269,7 +277,8 @@ class Worker:
                 message: JobMessage | None = JobMessage.from_envelope(env)
             except MessageError:
                 message = None
-            self.plugins.job_dead(message, reason, None, self)
+            job = self._jobs.get(message.job) if message is not None else None
+            self.plugins.job_dead(job, message, reason, None, self)
 
     def _settle(self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False) -> bool:
         try:

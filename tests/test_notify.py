@@ -349,7 +349,7 @@ def test_a_burst_of_identical_failures_is_one_email_then_one_digest(plugins, set
             result = JobResult(id=message.id, job="boom", status=JobStatus.FAILED, attempts=2, error=error,
                                traceback=f"Traceback (most recent call last):\n{error}\n", worker=worker.name)
             plugins.job_failed(job, message, result, True, worker)
-            plugins.job_dead(message, "attempts exhausted", result, worker)
+            plugins.job_dead(job, message, "attempts exhausted", result, worker)
             return message.id
 
         # When 50 identical failures (ids and numbers aside) happen at once in 8 slots

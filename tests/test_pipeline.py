@@ -151,3 +151,18 @@ def test_waiting_client_hears_about_an_unrunnable_job(client, plugins, settings_
     assert reply is not None and b"parameter 'fail_times'" in reply.body
     with connect(amqp_url) as broker:
         assert broker.take_dead(msg.id) is not None
+
+
+def test_a_job_that_keeps_killing_workers_is_dead_lettered_not_looped(client, plugins, settings_factory, route, amqp_url):
+    # Given a job already delivered 5 times without finishing (each time its worker died)
+    msg = JobMessage(job="echo", params={"text": "x"}, route=route)
+    inbox = client.broker.reply_inbox()
+    env = msg.to_envelope(reply_to=inbox.address).with_headers(**{"x-runner-deliveries": 5})
+    with running_worker(settings_factory(route, max_redeliveries=4), plugins):
+        client.broker.publish(env)
+        reply = inbox.get(msg.id, 30)
+    # Then it is not run again: it is dead-lettered with the reason, and the waiting client told
+    assert reply is not None and b"delivered 6 times without finishing" in reply.body
+    with connect(amqp_url) as broker:
+        dead = broker.take_dead(msg.id)
+    assert dead is not None and "it may crash workers" in dead.headers["x-runner-dead-reason"]

@@ -86,7 +86,7 @@ def test_observer_errors_never_break_the_job_path():
         raise RuntimeError("observer bug")
 
     plugins = make_plugins(load=[], extra=[plugin_module("plug_obs", job_dead=job_dead)])
-    plugins.job_dead(None, "why", None, None)  # logged, not raised
+    plugins.job_dead(None, None, "why", None, None)  # logged, not raised
 
 
 def test_plugin_commands_join_the_cli(tmp_path):
@@ -120,5 +120,5 @@ def test_one_failing_observer_does_not_hide_the_event_from_others():
             seen.append(reason)
 
     plugins = make_plugins(load=[], extra=[Listening(), Broken()])
-    plugins.job_dead(None, "why", None, None)
+    plugins.job_dead(None, None, "why", None, None)
     assert seen == ["why"]

@@ -103,7 +103,8 @@ class AmqpBroker(Broker):
     Args:
         url: ``amqp://user:pass@host:port/vhost``.
         connect_for: seconds to keep retrying the first connect (``None``: forever).
-        max_redeliveries: deliveries without a settle before a message is dead-lettered.
+        max_redeliveries: deliveries without a settle before the broker itself dead-letters a
+            message (``None``: only count them in ``x-runner-deliveries``; the worker decides).
         queue_type: ``classic`` (with priorities) or ``quorum``.
     """
 
@@ -111,7 +112,7 @@ class AmqpBroker(Broker):
         self,
         url: str,
         connect_for: float | None = 10.0,
-        max_redeliveries: int = 5,
+        max_redeliveries: int | None = None,
         queue_type: str = "classic",
         heartbeat: int = 30,
     ) -> None:
@@ -375,7 +376,7 @@ class AmqpBroker(Broker):
                 return True
         if method.redelivered:
             count = int(env.headers.get(H_DELIVERIES, 0)) + 1
-            if count > self._max_redeliveries:
+            if self._max_redeliveries is not None and count > self._max_redeliveries:
                 reason = f"delivered {count} times without finishing; it may crash workers"
                 dead = env.with_headers(**{"x-runner-dead-reason": reason})
                 self._publish_raw("", DEAD_QUEUE, dead, True)

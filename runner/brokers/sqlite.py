@@ -66,7 +66,8 @@ class SqliteBroker(Broker):
     Args:
         url: ``sqlite:///absolute/path/broker.sqlite3``; missing directories are created.
         lease: seconds a claimed message stays with a consumer that stopped renewing it.
-        max_redeliveries: unsettled hand-outs tolerated before a message is dead-lettered.
+        max_redeliveries: unsettled hand-outs tolerated before the broker itself dead-letters a
+            message (``None``: only count them in ``x-runner-deliveries``; the worker decides).
         poll_interval: longest pause between two looks for work made by other processes.
         busy_timeout: seconds to wait for another process's write lock before failing.
         synchronous: ``FULL`` (durable on power loss, default), ``NORMAL`` or ``EXTRA``.
@@ -76,7 +77,7 @@ class SqliteBroker(Broker):
         self,
         url: str,
         lease: float = 30.0,
-        max_redeliveries: int = 5,
+        max_redeliveries: int | None = None,
         poll_interval: float = 0.1,
         busy_timeout: float = 30.0,
         synchronous: str = "FULL",
@@ -262,7 +263,7 @@ class SqliteBroker(Broker):
                 if unsettled:
                     count = store.header_int(env, H_DELIVERIES) + unsettled
                     env = env.with_headers(**{H_DELIVERIES: count})
-                    if count > self._max_redeliveries:
+                    if self._max_redeliveries is not None and count > self._max_redeliveries:
                         reason = f"delivered {count} times without being settled"
                         store.dead_letter(db, row_id, env, f"{reason}; it may crash workers", now)
                         continue
