@@ -250,3 +250,30 @@ def test_history_survives_a_restart_and_events_sent_meanwhile_are_recorded(
     assert [j["id"] for j in json.loads(listed.output)] == [during.id]
     with connect(client.broker.url) as broker:
         broker.take_dead(during.id)
+
+
+def test_without_server_sent_events_the_page_polls_and_shows_busy_slots(
+    browser, start_monitor, client, monitor_plugins, settings_factory, route
+):
+    # Given a browser without EventSource on the workers page
+    monitor = start_monitor()
+    name = f"box-{route}"
+    with running_worker(settings_factory(route), monitor_plugins, name=name):
+        context = browser.new_context()
+        context.add_init_script("window.EventSource = undefined;")
+        page = context.new_page()
+        page.goto(f"{monitor.url}/#/workers")
+        page.wait_for_selector("#live.poll")
+        page.wait_for_selector(f"tr[data-worker='{name}'] .state-online", timeout=WAIT * 1000)
+        page.evaluate("window.__loadedOnce = true")
+        # When the worker starts a job
+        handle = client.submit("sleeper", {"seconds": 3}, route=route, wait=True)
+        # Then the page, polling, shows the slot busy with it, then free again
+        row = f"tr[data-worker='{name}']"
+        page.wait_for_selector(f"{row} a[href='#/job/{handle.id}']", timeout=WAIT * 1000)
+        assert "1/2" in page.inner_text(row)
+        handle.wait(WAIT)
+        page.wait_for_selector(f"{row} a[href='#/job/{handle.id}']", state="detached",
+                               timeout=WAIT * 1000)
+        assert page.evaluate("window.__loadedOnce") is True
+        context.close()

@@ -82,6 +82,25 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
             "INSERT INTO job_counts (job, state, n) VALUES (?, ?, 1) "
             "ON CONFLICT (job, state) DO UPDATE SET n = n + 1", (e["job"], state),
         )
+    if state in ("started", "succeeded", "failed", "dead"):
+        _track_slot(db, state, e)
+
+
+def _track_slot(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
+    """Keep a worker's running jobs current between heartbeats (which have the last word)."""
+    row = db.execute(
+        "SELECT running, last_seen FROM workers WHERE name = ?", (e.get("worker"),)
+    ).fetchone()
+    if row is None or row[1] > e["ts"]:
+        return
+    running = [r for r in json.loads(row[0] or "[]") if r.get("job_id") != e["job_id"]]
+    if state == "started":
+        running.append({k: e.get(k) for k in ("job_id", "job", "attempt", "route")}
+                       | {"started_at": e["ts"]})
+    db.execute(
+        "UPDATE workers SET running = ?, busy = ? WHERE name = ?",
+        (js(running), len(running), e["worker"]),
+    )
 
 
 def moves_state(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -206,28 +207,41 @@ class Monitor:
             loopback_only=is_loopback(self.host),
         )
         config = uvicorn.Config(
-            app, host=self.host, port=self.port, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=2, lifespan="off",
+            app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
+            lifespan="off",
         )
         self._server = server = uvicorn.Server(config)
+        sock = self._bind()  # here, so a busy port is one clear error
         self.collector.start()
         ready = self.on_ready
         if ready is not None:
-            threading.Thread(target=self._announce, args=(server, ready), daemon=True).start()
+            threading.Thread(target=self._announce, args=(server, sock, ready), daemon=True).start()
         try:
-            server.run()
+            server.run(sockets=[sock])
         finally:
             self.stopping.set()
             self.collector.stop()
             self.history.close()
+            sock.close()
 
-    def _announce(self, server: Any, ready: Callable[[str], None]) -> None:
+    def _bind(self) -> socket.socket:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError as exc:
+            raise RunnerError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
+        return sock
+
+    def _announce(self, server: Any, sock: socket.socket, ready: Callable[[str], None]) -> None:
         while not server.started and not self.stopping.wait(0.05):
             pass
         if server.started:
-            sock = server.servers[0].sockets[0].getsockname()
-            host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
-            ready(f"http://{host}:{sock[1]}/")
+            host, port = sock.getsockname()[:2]
+            ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
 
     def shutdown(self) -> None:
         self.stopping.set()
