@@ -180,6 +180,14 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    def reply_now(self, envelope: Envelope) -> None:
+        """Send a reply (``envelope.routing_key`` is the address) while a job still runs.
+
+        Thread-safe and best effort: progress updates to a waiting client.  It never raises
+        and never delays the job; a reply that cannot go out is dropped.
+        """
+
+    @abc.abstractmethod
     def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting unacknowledged ones)."""
 

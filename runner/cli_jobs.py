@@ -34,6 +34,23 @@ class Duration(click.ParamType):
 
 DURATION = Duration()
 
+
+class When(click.ParamType):
+    """An ISO 8601 time (``2026-12-01T08:00Z``); with ``relative`` also a duration from now."""
+
+    def __init__(self, relative: bool) -> None:
+        self.relative = relative
+        self.name = "time|duration" if relative else "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from runner.timing import parse_instant, parse_when
+
+        try:
+            (parse_when if self.relative else parse_instant)(value, "")
+        except RunnerError as exc:
+            self.fail(str(exc).lstrip(": "), param, ctx)
+        return value  # turned into a time by the client, at the moment of submitting
+
 COMMON_OPTIONS = [
     click.Option(["--route", "opt_route"], help="Route to send the job on (default: configured)."),
     click.Option(["--wait", "opt_wait"], is_flag=True, help="Wait for the result and write outputs."),
@@ -41,6 +58,8 @@ COMMON_OPTIONS = [
     click.Option(["--timeout", "opt_timeout"], type=DURATION, help="Wall-clock limit of one attempt."),
     click.Option(["--retries", "opt_retries"], type=click.IntRange(0, 1000), help="Retries after the first attempt."),
     click.Option(["--delay", "opt_delay"], type=DURATION, default=0.0, help="Hold the job this long first."),
+    click.Option(["--eta", "opt_eta"], type=When(relative=False), help="Earliest start, ISO 8601 (2026-12-01T08:00Z)."),
+    click.Option(["--expires", "opt_expires"], type=When(relative=True), help="Drop the job if not started by then (10m or ISO 8601)."),
     click.Option(["--priority", "opt_priority"], type=click.IntRange(0, 9), default=0, help="0-9, higher first."),
     click.Option(["--output-dir", "opt_output_dir"], type=click.Path(file_okay=False), help="Where outputs go (default: beside the input)."),
     click.Option(["--webhook", "opt_webhook"], help="POST the final result (signed) to this URL."),
@@ -164,3 +183,26 @@ class App:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+class ProgressLine:
+    """A one-line progress bar on the terminal, redrawn in place as a job reports progress."""
+
+    width = 30
+
+    def __init__(self) -> None:
+        self.drawn = False
+
+    def show(self, progress: dict[str, Any]) -> None:
+        percent = float(progress.get("percent", 0.0))
+        filled = int(self.width * percent / 100)
+        counts = f" {progress['done']}/{progress['total']}" if "total" in progress else ""
+        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {percent:5.1f}%{counts} "
+        text += str(progress.get("message", ""))[:60]
+        click.echo(f"\r{text}\x1b[K", nl=False, err=True)
+        self.drawn = True
+
+    def clear(self) -> None:
+        if self.drawn:
+            click.echo("\r\x1b[K", nl=False, err=True)
+            self.drawn = False

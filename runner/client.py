@@ -5,26 +5,30 @@ Example::
     from runner.client import Client, save_outputs
 
     with Client.from_settings() as client:
-        handle = client.submit("resize", {"size": "200x200"}, files={"image": "photo.jpg"})
+        handle = client.submit("resize", {"size": "200x200"}, files={"image": "photo.jpg"},
+                               wait=True)
         result = handle.wait(timeout=60)          # JobResult; raises JobFailed if it failed
         save_outputs(result, "thumbs/")             # writes photo_200x200.jpg
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.broker import Broker, ReplyInbox, connect
+from runner.broker import Broker, Envelope, ReplyInbox, connect
 from runner.config import Settings, load
 from runner.errors import JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
-from runner.message import FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
+from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
 from runner.signing import Signer, signer_from_settings
+from runner.timing import schedule
 
 
 class WaitTimeout(RunnerError):
@@ -40,8 +44,19 @@ class JobHandle:
     route: str
     _inbox: ReplyInbox | None
 
-    def wait(self, timeout: float | None = None, raise_on_failure: bool = True) -> JobResult:
+    def wait(
+        self,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> JobResult:
         """Wait for the job's final result.
+
+        Args:
+            timeout: seconds to wait at most (``None``: no limit).
+            raise_on_failure: raise :class:`JobFailed` when the job failed for good.
+            on_progress: called with each progress record the job reports while it runs
+                (``percent``, ``message``, and ``done``/``total``).
 
         Raises:
             WaitTimeout: nothing arrived within ``timeout`` seconds.
@@ -49,7 +64,11 @@ class JobHandle:
         """
         if self._inbox is None:
             raise RunnerError(f"job {self.id} was submitted without wait=True; no reply will come")
-        env = self._inbox.get(self.id, timeout)
+        if on_progress is None:
+            env = self._inbox.get(self.id, timeout)
+        else:
+            env = self._wait_reporting(self._inbox, timeout, on_progress)
+        self._latest_progress(self._inbox)  # leftovers are of no use any more
         if env is None:
             raise WaitTimeout(
                 f"job {self.id} did not finish within {timeout:g}s; it is still queued or running"
@@ -58,6 +77,29 @@ class JobHandle:
         if raise_on_failure and not result.ok:
             raise JobFailed(self.id, result.error or "unknown error", result)
         return result
+
+
+    def _wait_reporting(
+        self, inbox: ReplyInbox, timeout: float | None, report: Callable[[dict[str, Any]], None]
+    ) -> Envelope | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            env = inbox.get(self.id, max(0.0, left))
+            latest = self._latest_progress(inbox)
+            if latest is not None:
+                try:
+                    report(json.loads(latest.body))
+                except ValueError:
+                    pass  # a malformed progress update is not worth failing the wait
+            if env is not None or (deadline is not None and time.monotonic() >= deadline):
+                return env
+
+    def _latest_progress(self, inbox: ReplyInbox) -> Envelope | None:
+        latest = None
+        while (update := inbox.get(self.id + PROGRESS_SUFFIX, 0)) is not None:
+            latest = update
+        return latest
 
 
 class Client:
@@ -97,6 +139,8 @@ class Client:
         delay: float = 0.0,
         priority: int = 0,
         webhook: str | None = None,
+        eta: Any = None,
+        expires: Any = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -111,6 +155,9 @@ class Client:
             delay: seconds the broker holds the job before a worker may start it.
             priority: 0 (default) to 9, higher first.
             webhook: an http(s) URL the worker POSTs the final result to (signed).
+            eta: the earliest start, an ISO 8601 time or a ``datetime`` (instead of ``delay``).
+            expires: drop the job if no worker started it by then: seconds or a duration from
+                now (``"10m"``), or an ISO 8601 time / ``datetime``.
         """
         job_type = self.plugins.jobs.get(job)
         data = self._files(job_type, files or {})
@@ -118,7 +165,11 @@ class Client:
         payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
         if not 0 <= priority <= 9:
             raise JobError("priority must be from 0 to 9")
-        options = JobOptions(timeout=timeout, retries=retries, priority=priority, webhook=webhook)
+        delay, expires_at = schedule(delay, eta, expires)
+        options = JobOptions(
+            timeout=timeout, retries=retries, priority=priority, webhook=webhook,
+            expires=expires_at,
+        )
         try:
             check_url(webhook, "webhook")
         except MessageError as exc:

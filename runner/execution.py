@@ -18,12 +18,13 @@ import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import sandbox
-from runner.jobs import JobContext, JobType
+from runner.jobs import JobContext, JobType, parse_progress
 from runner.message import FileData, JobMessage, JobResult, JobStatus
 
 if TYPE_CHECKING:
@@ -70,16 +71,20 @@ def execute(
     cancel: threading.Event | None = None,
     jail: Jail | None = None,
     slot: int = 0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
     With a ``jail`` the job runs in its sandbox, as the uid of job slot ``slot`` when the
-    worker is root; without one, only the basic layer applies.
+    worker is root; without one, only the basic layer applies.  ``on_progress`` receives the
+    progress records (:func:`runner.jobs.parse_progress`) the job reports while it runs.
     """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
-        return _attempt(job, message, params, base, worker, grace, output_limit, cancel, jail, slot)
+        return _attempt(
+            job, message, params, base, worker, grace, output_limit, cancel, jail, slot, on_progress
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -95,6 +100,7 @@ def _attempt(
     cancel: threading.Event | None,
     jail: Jail | None,
     slot: int,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -120,12 +126,20 @@ def _attempt(
             args[name] = str(path)
     timeout = message.options.timeout or job.timeout
     env = sandbox.job_environment(ctx.tmp_dir)
+    progress = None
+    if on_progress is not None:
+        report = on_progress
+
+        def progress(line: str) -> None:
+            record = parse_progress(line)
+            if record is not None:
+                report(record)
 
     def run(argv: list[str], read_only: tuple[str, ...] = (), fds: tuple[int, ...] = ()) -> sandbox.Completed:
         launch = jail.prepare(job.sandbox, argv, ctx.workdir, slot, read_only) if jail else None
         return sandbox.run(
             argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout, grace=grace,
-            env=env, pass_fds=fds, cancel=cancel, launch=launch,
+            env=env, pass_fds=fds, cancel=cancel, launch=launch, progress=progress,
         )
 
     def finish(verdict: Verdict, completed: sandbox.Completed, **fields: Any) -> Attempt:

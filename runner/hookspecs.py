@@ -53,6 +53,14 @@ def job_started(job: JobType, message: JobMessage, worker: Any) -> None:
 
 
 @hookspec
+def job_progress(job: JobType, message: JobMessage, progress: dict[str, Any], worker: Any) -> None:
+    """A running job reported progress (``percent``, ``message``, and ``done``/``total``).
+
+    Called from the job's slot thread at most about four times a second.
+    """
+
+
+@hookspec
 def job_succeeded(job: JobType, message: JobMessage, result: JobResult, worker: Any) -> None:
     """An attempt succeeded; the result is published."""
 

@@ -7,6 +7,7 @@ other job is taken, then exits with the job's status.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import replace
@@ -33,13 +34,13 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
                        debug: bool = False) -> int:
     import click
 
-    from runner.cli_jobs import print_result
+    from runner.cli_jobs import ProgressLine, print_result, stderr_is_tty
 
     handle = client.submit(
         job.name, params, files, route=options.get("route"), wait=wait,
         timeout=options.get("timeout"), retries=options.get("retries"),
         delay=options.get("delay") or 0.0, priority=options.get("priority") or 0,
-        webhook=options.get("webhook"),
+        webhook=options.get("webhook"), eta=options.get("eta"), expires=options.get("expires"),
     )
     if not wait:
         if options.get("json"):
@@ -49,12 +50,17 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         else:
             click.echo(handle.id)
         return EXIT_OK
+    bar = ProgressLine() if stderr_is_tty() and not options.get("json") else None
     try:
         result = handle.wait(options.get("wait_timeout") or client.settings.wait_timeout,
-                             raise_on_failure=False)
+                             raise_on_failure=False, on_progress=bar.show if bar else None)
     except WaitTimeout as exc:
+        if bar:
+            bar.clear()
         click.secho(f"error: {exc}", fg="red", err=True)
         return EXIT_TIMEOUT
+    if bar:
+        bar.clear()
     written = save_outputs(result, _output_dir(options, files)) if result.ok else []
     print_result(result, written, bool(options.get("json")), debug)
     return EXIT_OK if result.ok else EXIT_FAILED
@@ -79,6 +85,9 @@ def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, s
     route = f"run-{uuid.uuid4().hex[:12]}"
     settings = replace(app.settings(), queue=f"runner.run.{route}", bindings=(f"{route}.#",),
                        concurrency=1)
+    if not app.debug:
+        # The one-job worker's start-up notes (signing off, sandbox layers) are for daemons.
+        logging.getLogger("runner.worker").setLevel(logging.ERROR)
     worker_broker = connect(settings.broker_url)
     worker = Worker(worker_broker, app.plugins(), settings)
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)

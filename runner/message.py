@@ -100,6 +100,7 @@ class JobOptions:
     retries: int | None = None
     priority: int = 0
     webhook: str | None = None
+    expires: float | None = None  # epoch seconds: not started by then, the job is dropped
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -107,6 +108,8 @@ class JobOptions:
         }
         if self.webhook:
             out["webhook"] = self.webhook
+        if self.expires is not None:
+            out["expires"] = self.expires
         return out
 
 
@@ -191,6 +194,7 @@ class JobMessage:
             retries=_int(opts.get("retries"), "options.retries", 0, 1000),
             priority=_int(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
             webhook=check_url(opts.get("webhook"), "options.webhook"),
+            expires=_number(opts.get("expires"), "options.expires", positive=True),
         )
         attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
         msg_id = obj.get("id")
@@ -305,6 +309,22 @@ class JobResult:
     @classmethod
     def from_envelope(cls, env: Envelope) -> JobResult:
         return cls.from_json(_load(env, "result"))
+
+
+PROGRESS_SUFFIX = ":progress"
+
+
+def progress_envelope(job_id: str, address: str, record: Mapping[str, Any]) -> Envelope:
+    """A progress update for a waiting client; its correlation id is ``<job id>:progress``."""
+    return Envelope(
+        body=_dump({"protocol": PROTOCOL, "id": job_id, **record}),
+        message_id=uuid.uuid4().hex,
+        type="progress",
+        routing_key=address,
+        headers={H_PROTOCOL: PROTOCOL},
+        correlation_id=job_id + PROGRESS_SUFFIX,
+        timestamp=int(time.time()),
+    )
 
 
 def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:

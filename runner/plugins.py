@@ -93,6 +93,11 @@ class Plugins:
     def job_started(self, job: JobType, message: JobMessage, worker: Any) -> None:
         self._observe("job_started", job=job, message=message, worker=worker)
 
+    def job_progress(
+        self, job: JobType, message: JobMessage, progress: dict[str, Any], worker: Any
+    ) -> None:
+        self._observe("job_progress", job=job, message=message, progress=progress, worker=worker)
+
     def job_succeeded(
         self, job: JobType, message: JobMessage, result: JobResult, worker: Any
     ) -> None:

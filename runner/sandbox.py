@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,11 +97,13 @@ def run(
     pass_fds: Sequence[int] = (),
     cancel: threading.Event | None = None,
     launch: Launch | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Completed:
     """Run ``argv`` in the sandbox and wait for it, at most ``timeout`` seconds.
 
     ``logs`` is a directory outside the job's reach where stdout and stderr are captured.
-    Setting ``cancel`` ends the job early the same way a timeout does.  With ``launch`` (from
+    Setting ``cancel`` ends the job early the same way a timeout does.  ``progress`` gets each
+    progress marker line the job prints on stdout, while it runs.  With ``launch`` (from
     :meth:`runner.jail.Jail.prepare`) its chain replaces the basic one, and its cgroup is
     killed and its figures read when the job ends.
     """
@@ -132,12 +134,14 @@ def run(
     if launch is not None:
         launch.close()
     with reaper.tracking(proc.pid):
-        return _wait(proc, timeout, grace, cancel, launch, profile, out_path, err_path, started)
+        watch = _ProgressWatch(out_path, progress) if progress is not None else None
+        return _wait(proc, timeout, grace, cancel, launch, profile, out_path, err_path, started, watch)
 
 
 def _wait(
     proc: subprocess.Popen[bytes], timeout: float, grace: float, cancel: threading.Event | None,
     launch: Launch | None, profile: SandboxProfile, out_path: Path, err_path: Path, started: float,
+    watch: _ProgressWatch | None = None,
 ) -> Completed:
     timed_out = cancelled = False
     deadline = started + timeout
@@ -152,9 +156,11 @@ def _wait(
             if remaining <= 0:
                 timed_out = True
                 break
-            step = min(remaining, 0.25) if cancel is not None else remaining
+            step = min(remaining, 0.25) if cancel is not None or watch else remaining
             if poller.poll(step * 1000):
                 break
+            if watch is not None:
+                watch.check()
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
@@ -198,6 +204,36 @@ def _cleanup_on_error(launch: Launch | None) -> Iterator[None]:
             if launch.cgroup is not None:
                 launch.cgroup.remove()
         raise
+
+
+class _ProgressWatch:
+    """Reads what a job appended to its stdout file and passes on the progress marker lines."""
+
+    def __init__(self, path: Path, report: Callable[[str], None]) -> None:
+        self.path = path
+        self.report = report
+        self.offset = 0
+        self.partial = b""
+
+    def check(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(1 << 20)
+        except OSError:
+            return
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        self.partial = self.partial[-4096:]
+        last = None
+        for raw in lines:
+            if raw.startswith(b"runner-progress:"):
+                last = raw.decode("utf-8", errors="replace")
+        if last is not None:  # only the latest matters
+            try:
+                self.report(last)
+            except Exception:  # a reporting problem must not disturb the job
+                log.debug("progress report failed", exc_info=True)
 
 
 def _terminate(

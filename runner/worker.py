@@ -19,9 +19,11 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from runner import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target
@@ -39,12 +41,14 @@ from runner.message import (
     JobMessage,
     JobResult,
     JobStatus,
+    progress_envelope,
     retry_envelope,
 )
 from runner.plugins import Plugins
 from runner.probe import probe
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, verifier_from_settings
+from runner.timing import iso
 
 log = logging.getLogger(__name__)
 H_DEAD_RESULT = "x-runner-result"
@@ -178,6 +182,11 @@ class Worker:
         except (MessageError, JobError) as exc:
             self._reject_unrunnable(delivery, str(exc))
             return
+        expires = message.options.expires
+        if expires is not None and time.time() > expires:
+            # Dead-lettered (not silently acked): job_dead tells monitors, `runner dead` shows it.
+            self._reject_unrunnable(delivery, f"expired: not started before {iso(expires)}")
+            return
         cancel = threading.Event()
         with self._lock:
             self._running[message.id] = cancel
@@ -189,7 +198,7 @@ class Worker:
                 attempt = execute(
                     job, message, params, root=self.workroot, worker=self.name,
                     output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
-                    slot=slot,
+                    slot=slot, on_progress=self._progress_reporter(job, message, env),
                 )
             except Exception as exc:
                 # The worker's side failed (disk full, missing tool): an ordinary failed attempt,
@@ -212,6 +221,18 @@ class Worker:
             with self._lock:
                 self._running.pop(message.id, None)
                 self._lock.notify_all()
+
+    def _progress_reporter(
+        self, job: JobType, message: JobMessage, env: Envelope
+    ) -> Callable[[dict[str, Any]], None]:
+        """Progress the job reports goes to a waiting client and to the job_progress hook."""
+
+        def report(record: dict[str, Any]) -> None:
+            if env.reply_to:
+                self.broker.reply_now(progress_envelope(message.id, env.reply_to, record))
+            self.plugins.job_progress(job, message, record, self)
+
+        return report
 
     def _finish(self, delivery: Delivery, message: JobMessage, job: JobType, attempt: Attempt) -> bool:
         """Publish the outcome and settle; True when this attempt is done for good here."""

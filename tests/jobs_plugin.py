@@ -94,3 +94,21 @@ def register_sandbox_probes(register):
 def register_trivial(register):
     register(JobType(name="noop", help="Do nothing, quickly.", argv=lambda p, ctx: ["true"],
                      params=[click.Option(["--n"], type=int, default=0)], retry=FAST))
+
+
+def stepper(ctx: JobContext, steps: int) -> int:
+    for i in range(1, steps + 1):
+        ctx.progress(i, steps, f"step {i}")
+        time.sleep(0.3)  # the job's own pace, so that the worker sees several updates
+    return steps
+
+
+@hookimpl(specname="register_jobs")
+def register_progress(register):
+    register(JobType(name="stepper", help="Report progress as it goes.", function="jobs_plugin:stepper",
+                     params=[click.Option(["--steps"], type=int, default=4)], retry=FAST))
+    register(JobType(
+        name="stepper-sh", help="Report progress from a shell script.",
+        argv=lambda p, ctx: ["sh", "-c", "for i in 1 2 3 4; do echo \"runner-progress: $((i*25))% part $i\"; sleep 0.3; done"],
+        retry=FAST,
+    ))

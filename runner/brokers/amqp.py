@@ -57,6 +57,9 @@ H_DELIVERIES = "x-runner-deliveries"
 H_ROUTING_KEY = "x-runner-routing-key"  # original key of a message sent straight to a queue
 REPLY_TO = "amq.rabbitmq.reply-to"
 MAX_TTL_MS = 2**31 - 1
+# The longest single park (~23 days): the delay queue's x-expires (TTL + 10 min) must stay
+# within 2**31-1 ms, or RabbitMQ could delete the queue with the message still in it.
+MAX_DELAY_MS = 2_000_000_000
 CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, OSError)
 
 
@@ -70,14 +73,19 @@ class _Tag:
     generation: int
 
 
-def delay_bucket_ms(delay: float) -> int:
-    """Round a delay to two significant figures, so retries with jitter share few queues."""
+def delay_bucket_ms(delay: float, floor: bool = False) -> int:
+    """Round a delay to two significant figures, so retries with jitter share few queues.
+
+    With ``floor`` it rounds down, for a job that must not start early: its copy comes back at
+    most 10% early and is parked again for the rest.  Never more than :data:`MAX_DELAY_MS`:
+    a longer delay is parked several times.
+    """
     ms = max(1, int(delay * 1000))
     digits = len(str(ms))
-    if digits <= 2:
-        return ms
-    scale = 10 ** (digits - 2)
-    return min(MAX_TTL_MS, round(ms / scale) * scale)
+    if digits > 2:
+        scale = 10 ** (digits - 2)
+        ms = (ms // scale if floor else round(ms / scale)) * scale
+    return min(MAX_DELAY_MS, ms)
 
 
 def _envelope(routing_key: str, props: pika.BasicProperties, body: bytes) -> Envelope:
@@ -223,8 +231,8 @@ class AmqpBroker(Broker):
 
         return self._translate(passive)
 
-    def _delay_queue(self, queue: str, delay: float) -> str:
-        ms = delay_bucket_ms(delay)
+    def _delay_queue(self, queue: str, delay: float, floor: bool = False) -> str:
+        ms = delay_bucket_ms(delay, floor)
         name = f"runner.delay.{queue}.{ms}"
         expires = ms + 600_000
         last = self._delay_declared.get(name)
@@ -370,7 +378,8 @@ class AmqpBroker(Broker):
         if isinstance(not_before, int):
             remaining = not_before / 1000 - time.time()
             if remaining > 0.05:
-                name = self._delay_queue(queue, min(remaining, MAX_TTL_MS / 1000))
+                name = self._delay_queue(queue, remaining, floor=True)
+                log.info("job %s parked in %s (due in %.1fs)", env.message_id, name, remaining)
                 self._publish_raw("", name, env, True)
                 ch.basic_ack(method.delivery_tag)
                 return True
@@ -433,6 +442,20 @@ class AmqpBroker(Broker):
             future.set_exception(StaleDelivery(f"cannot settle: {exc}"))
         return future
 
+    def reply_now(self, envelope: Envelope) -> None:
+        def send() -> None:
+            try:
+                self._publish_raw("", envelope.routing_key, envelope, False)
+            except Exception:  # best effort by contract
+                log.debug("progress reply dropped", exc_info=True)
+
+        conn = self._conn
+        try:
+            if conn is not None and conn.is_open:
+                conn.add_callback_threadsafe(send)
+        except Exception:
+            log.debug("progress reply dropped", exc_info=True)
+
     def _give_back(self, tag: _Tag) -> None:
         """A settle failed half-way: return the delivery so that it is delivered again."""
         if tag.generation == self._generation and self._ch is not None and self._ch.is_open:
@@ -447,7 +470,10 @@ class AmqpBroker(Broker):
         if out.target is Target.JOBS:
             # A retry goes back to the queue it came from, directly or through a delay queue.
             target = self._delay_queue(queue, out.delay) if out.delay > 0 else queue
-            self._publish_raw("", target, env, True)
+            extra = {}
+            if out.delay * 1000 > MAX_DELAY_MS:  # longer than one park: re-parked until due
+                extra[H_NOT_BEFORE] = int((time.time() + out.delay) * 1000)
+            self._publish_raw("", target, env, True, **extra)
         elif out.target is Target.DEAD:
             self._publish_raw("", DEAD_QUEUE, env, True)
         elif out.target is Target.REPLY:

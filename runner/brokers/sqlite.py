@@ -328,6 +328,14 @@ class SqliteBroker(Broker):
             self._signal.notify()
         return future
 
+    def reply_now(self, envelope: Envelope) -> None:
+        try:
+            with self._write() as db:
+                store.insert_reply(db, envelope)
+            self._signal.notify()
+        except Exception:  # best effort by contract
+            log.debug("progress reply dropped", exc_info=True)
+
     # --- dead letters -----------------------------------------------------------------------
     def dead_letters(self, limit: int = 1000) -> list[Envelope]:
         with self._reading() as db:
