@@ -19,10 +19,20 @@ def deadline(ctx: JobContext, fail_until: float) -> str:
     return "finally"
 
 
+def leaky(ctx: JobContext, dsn: str) -> None:
+    print(f"connecting to {dsn}")
+    raise RuntimeError(f"cannot connect to {dsn}")
+
+
 @hookimpl
 def register_jobs(register):
     register(JobType(
         name="deadline", help="Fail until --fail-until (epoch seconds), then succeed.",
         function="monitor_jobs:deadline", retry=RetryPolicy(attempts=1),
         params=[click.Option(["--fail-until"], type=float, required=True)],
+    ))
+    register(JobType(
+        name="leaky", help="Fail, printing its secret --dsn everywhere.",
+        function="monitor_jobs:leaky", retry=RetryPolicy(attempts=1), secret_params=("dsn",),
+        params=[click.Option(["--dsn"], required=True)],
     ))

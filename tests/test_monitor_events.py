@@ -171,11 +171,15 @@ def test_events_sent_when_settling_reach_the_event_queue(broker_url, event_queue
         broker.declare_queue(job_queue, [f"{route}.#"])
         broker.publish(Envelope(b"{}", "m1", "echo", f"{route}.echo"))
         arrived: list[Delivery] = []
-        consumer = threading.Thread(target=broker.consume, args=(job_queue, 1, arrived.append))
+        came = threading.Event()
+
+        def on_delivery(delivery: Delivery) -> None:
+            arrived.append(delivery)
+            came.set()
+
+        consumer = threading.Thread(target=broker.consume, args=(job_queue, 1, on_delivery))
         consumer.start()
-        deadline = time.monotonic() + WAIT
-        while not arrived and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert came.wait(WAIT), "the job was not delivered"
         # When it is settled with an event
         broker.settle(arrived[0], [Outgoing(event("job.succeeded"), Target.EVENTS)]).result(WAIT)
         broker.stop_consuming()
@@ -247,6 +251,33 @@ def test_a_worker_emits_the_life_of_its_jobs_and_itself(broker_url, event_queue,
     assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)
     online = mine[0]
     assert online["queue"] == settings.queue and online["concurrency"] == settings.concurrency
+
+
+def test_secret_params_never_leave_the_worker(tmp_path):
+    # Given a job type that declares --dsn secret, and prints and raises with it
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with connect(url) as broker:
+        broker.declare_event_queue("mon")
+    plugins = make_plugins(load=[], modules=["monitor_jobs"], extra=[Emitter()])
+    route = unique_route()
+    settings = settings_for(url, route, workdir=str(tmp_path / "work"))
+    dsn = "postgres://app:hunter2-" + uuid.uuid4().hex + "@db/prod"
+    reader = Reader(url, "mon")
+    try:
+        with running_worker(settings, plugins), Client(connect(url), plugins, settings) as c:
+            failed = c.submit("leaky", {"dsn": dsn}, route=route, wait=True).wait(
+                WAIT, raise_on_failure=False)
+            got = reader.wait_until(lambda got: any(e.routing_key == "job.dead.leaky" for e in got))
+        assert dsn in failed.traceback  # the client that submitted it may see it
+    finally:
+        reader.close()
+    # Then no event carries it: params, error, traceback, stdout are masked
+    bodies = [e.body.decode() for e in got]
+    assert not [b for b in bodies if "hunter2" in b]
+    events = {ev.from_envelope(e)["event"]: ev.from_envelope(e) for e in got}
+    assert events["job.received"]["params"] == {"dsn": "***"}
+    assert events["job.failed"]["error"] == "RuntimeError: cannot connect to ***"
+    assert "connecting to ***" in events["job.failed"]["stdout"]
 
 
 def test_secret_looking_params_are_masked():

@@ -50,8 +50,8 @@ def job_retrying(job: Any, message: Any, result: Any, delay: float, worker: Any)
 
 
 @hookimpl
-def job_dead(message: Any, reason: str, result: Any, worker: Any) -> None:
-    EMITTER.job_dead(message, reason, result, worker)
+def job_dead(job: Any, message: Any, reason: str, result: Any, worker: Any) -> None:
+    EMITTER.job_dead(job, message, reason, result, worker)
 
 
 @hookimpl

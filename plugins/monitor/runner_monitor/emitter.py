@@ -57,7 +57,7 @@ class Emitter:
         out.emit(
             "job.received",
             **base,
-            params=ev.redact(_declared_order(job, message.params)),
+            params=ev.redact(_declared_order(job, message.params), job),
             files=[{"name": f.name, "size": len(f.data)} for f in message.files.values()],
             options={**message.options.to_json(), "attempts": allowed},
             created_at=message.created_at,
@@ -71,7 +71,7 @@ class Emitter:
         out.emit(
             "job.succeeded",
             **_job_fields(job.name, message, out.queue),
-            **_result_fields(result),
+            **_result_fields(result, ev.secret_values(message.params, job)),
             value=ev.small_value(result.value),
             outputs=[{"name": f.name, "size": len(f.data), "sha256": f.sha256}
                      for f in result.outputs],
@@ -81,12 +81,13 @@ class Emitter:
     @hookimpl
     def job_failed(self, job: Any, message: Any, result: Any, final: bool, worker: Any) -> None:
         out = self.events_of(worker)
+        secrets = ev.secret_values(message.params, job)
         out.emit(
             "job.failed",
             **_job_fields(job.name, message, out.queue),
-            **_result_fields(result),
+            **_result_fields(result, secrets),
             final=final,
-            traceback=ev.tail(result.traceback, ev.TRACEBACK_CAP),
+            traceback=ev.scrub(ev.tail(result.traceback, ev.TRACEBACK_CAP), secrets),
         )
         out.job_done(message.id)
 
@@ -100,20 +101,22 @@ class Emitter:
             **_job_fields(job.name, message, out.queue),
             delay=round(delay, 3),
             next_attempt=message.attempt + 1,
-            error=result.error,
+            error=ev.scrub(result.error, ev.secret_values(message.params, job)),
         )
 
     @hookimpl
-    def job_dead(self, message: Any, reason: str, result: Any, worker: Any) -> None:
+    def job_dead(self, job: Any, message: Any, reason: str, result: Any, worker: Any) -> None:
         out = self.events_of(worker)
         fields: dict[str, Any] = {"job_id": None, "job": None, "queue": out.queue}
+        secrets: list[str] = []
         if message is not None:
             fields = _job_fields(message.job, message, out.queue)
+            secrets = ev.secret_values(message.params, job)
             if result is None:  # never ran: nothing else will say what it was
-                fields["params"] = ev.redact(message.params)
-        fields["reason"] = reason
+                fields["params"] = ev.redact(message.params, job)
+        fields["reason"] = ev.scrub(reason, secrets)
         if result is not None:
-            fields["error"] = result.error
+            fields["error"] = ev.scrub(result.error, secrets)
         out.emit("job.dead", **fields)
         out.job_done(message.id if message is not None else None)
 
@@ -134,12 +137,15 @@ def _job_fields(job: str, message: Any, queue: str) -> dict[str, Any]:
     }
 
 
-def _result_fields(result: Any) -> dict[str, Any]:
+def _result_fields(result: Any, secrets: list[str]) -> dict[str, Any]:
     return {
         "duration": round(float(result.duration or 0.0), 6),
-        "error": result.error,
+        "error": ev.scrub(result.error, secrets),
         "exit_code": result.exit_code,
-        "stdout": ev.tail(result.stdout, ev.TAIL_CAP),
-        "stderr": ev.tail(result.stderr, ev.TAIL_CAP),
-        "history": list(result.history),
+        "stdout": ev.scrub(ev.tail(result.stdout, ev.TAIL_CAP), secrets),
+        "stderr": ev.scrub(ev.tail(result.stderr, ev.TAIL_CAP), secrets),
+        "history": [
+            {**h, "error": ev.scrub(h.get("error"), secrets)} if h.get("error") else h
+            for h in result.history
+        ],
     }

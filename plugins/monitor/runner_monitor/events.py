@@ -91,13 +91,39 @@ def tail(text: str | None, cap: int) -> str:
     return text if len(text) <= cap else "…" + text[-cap:]
 
 
-def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters with secret-looking names masked, capped as a whole."""
-    out = {k: REDACTED if SECRET_NAME.search(str(k)) else v for k, v in params.items()}
+def secret_names(job: Any, params: Mapping[str, Any]) -> set[str]:
+    """Parameters not to report: the job type's ``secret_params``, click options declared with
+    ``hide_input=True``, and names that look secret."""
+    declared = {
+        *getattr(job, "secret_params", ()),
+        *(p.name for p in getattr(job, "params", ()) if getattr(p, "hide_input", False)),
+    }
+    return {str(k) for k in params if k in declared or SECRET_NAME.search(str(k))}
+
+
+def redact(params: Mapping[str, Any], job: Any = None) -> dict[str, Any]:
+    """Parameters with secret ones masked, capped as a whole."""
+    hidden = secret_names(job, params)
+    out = {k: REDACTED if k in hidden else v for k, v in params.items()}
     raw = json.dumps(out, default=str)
     if len(raw) > PARAMS_CAP:
         return {"_truncated": raw[:PARAMS_CAP] + "…"}
     return out
+
+
+def secret_values(params: Mapping[str, Any], job: Any = None) -> list[str]:
+    """The values of secret parameters, longest first (to mask them in tracebacks and output)."""
+    values = {str(params[k]) for k in secret_names(job, params) if params[k] not in (None, "")}
+    return sorted((v for v in values if len(v) >= 3), key=len, reverse=True)
+
+
+def scrub(text: str | None, secrets: list[str]) -> str | None:
+    """``text`` with every secret value replaced by ``***``."""
+    if not text:
+        return text
+    for value in secrets:
+        text = text.replace(value, REDACTED)
+    return text
 
 
 def small_value(value: Any) -> Any:
