@@ -70,6 +70,7 @@ def monitor(
     admin_token: tuple[str, ...], read_token: tuple[str, ...],
 ) -> None:
     """Record job and worker events; serve a live dashboard, a JSON API and /metrics."""
+    from runner.signing import signer_from_settings
     from runner_monitor.service import Monitor
 
     logging.getLogger("runner_monitor").setLevel(logging.INFO)
@@ -82,6 +83,7 @@ def monitor(
     Monitor(
         broker_url=settings.broker_url, db=path, listen=listen, retention=retention,
         queue=queue, auth=Auth(admin_token, read_token), allow_remote=allow_remote,
+        signer=signer_from_settings(settings.signing, settings.base_dir("signing")),
         on_ready=ready,
     ).serve()
 

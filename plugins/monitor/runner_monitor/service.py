@@ -124,6 +124,7 @@ class Actions:
     url: str
     history: History
     opener: Callable[[str], Broker] = field(default=_connect)
+    signer: Any = None  # runner.signing.Signer: with ``[signing] key`` the retry is signed anew
 
     def retry(self, job_id: str, by: str) -> dict[str, Any]:
         """Re-publish the job's dead letter as ``runner dead retry`` does; note it in the
@@ -137,7 +138,7 @@ class Actions:
         )
         broker = self.opener(self.url)
         try:
-            env = resubmit(broker, job_id)
+            env = resubmit(broker, job_id, self.signer)
         finally:
             broker.close()
         self.history.record([{**event, "job": event["job"] or env.type}])
@@ -175,6 +176,7 @@ class Monitor:
     auth: Auth = field(default_factory=Auth)
     allow_remote: bool = False
     depth_every: float = 5.0
+    signer: Any = None
     on_ready: Callable[[str], None] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -203,7 +205,8 @@ class Monitor:
             ) from exc
 
         app = create_app(
-            self.history, self.auth, Actions(self.broker_url, self.history), self.stopping,
+            self.history, self.auth, Actions(self.broker_url, self.history, signer=self.signer),
+            self.stopping,
             loopback_only=is_loopback(self.host),
         )
         config = uvicorn.Config(
