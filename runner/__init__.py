@@ -1,45 +1,59 @@
 """runner: a distributed job runner for system-command and media-processing jobs.
 
-The public API for plugins and applications is re-exported here.
+The public API for plugins and applications is re-exported here, lazily: a job's child
+interpreter that only needs ``Reject`` or ``JobContext`` does not pay for click and pluggy.
 """
 
 from __future__ import annotations
 
-import pluggy
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from runner.errors import (
-    BrokerError,
-    ConfigError,
-    JobError,
-    JobFailed,
-    MessageError,
-    PluginError,
-    Reject,
-    Retry,
-    RunnerError,
-    UnroutableError,
-)
-from runner.config import parse_duration, parse_size
-from runner.jobs import JobContext, JobType, RetryPolicy, SandboxProfile
+_EXPORTS = {
+    "BrokerError": "runner.errors",
+    "ConfigError": "runner.errors",
+    "JobError": "runner.errors",
+    "JobFailed": "runner.errors",
+    "MessageError": "runner.errors",
+    "PluginError": "runner.errors",
+    "Reject": "runner.errors",
+    "Retry": "runner.errors",
+    "RunnerError": "runner.errors",
+    "UnroutableError": "runner.errors",
+    "JobContext": "runner.context",
+    "JobType": "runner.jobs",
+    "RetryPolicy": "runner.jobs",
+    "SandboxProfile": "runner.jobs",
+    "parse_duration": "runner.config",
+    "parse_size": "runner.config",
+    "hookimpl": "runner.hookspecs",
+}
 
-hookimpl = pluggy.HookimplMarker("runner")
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "BrokerError",
-    "ConfigError",
-    "JobContext",
-    "JobError",
-    "JobFailed",
-    "JobType",
-    "MessageError",
-    "PluginError",
-    "Reject",
-    "RetryPolicy",
-    "Retry",
-    "RunnerError",
-    "SandboxProfile",
-    "UnroutableError",
-    "hookimpl",
-    "parse_duration",
-    "parse_size",
-]
+if TYPE_CHECKING:
+    from runner.config import parse_duration, parse_size
+    from runner.context import JobContext
+    from runner.errors import (
+        BrokerError,
+        ConfigError,
+        JobError,
+        JobFailed,
+        MessageError,
+        PluginError,
+        Reject,
+        Retry,
+        RunnerError,
+        UnroutableError,
+    )
+    from runner.hookspecs import hookimpl
+    from runner.jobs import JobType, RetryPolicy, SandboxProfile
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import Reject, Retry
-from runner.jobs import JobContext
+from runner.context import JobContext
 
 
 def _call(spec: dict[str, Any]) -> dict[str, Any]:

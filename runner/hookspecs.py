@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from runner.message import JobMessage, JobResult
 
 hookspec = pluggy.HookspecMarker("runner")
+hookimpl = pluggy.HookimplMarker("runner")  # exported as runner.hookimpl
 
 
 @hookspec

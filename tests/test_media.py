@@ -18,7 +18,7 @@ import click
 import pytest
 from PIL import Image, ImageCms, ImageSequence
 
-import runner_media
+import runner_media.plugin as runner_media
 from runner import Reject
 from runner.errors import JobError
 from runner.jobs import JobContext, Registry
