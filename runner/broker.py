@@ -12,6 +12,8 @@ The names below are part of the protocol (docs/protocol.md):
   more;
 * dead letters go to the queue ``runner.dead``;
 * replies go to the address a :class:`ReplyInbox` hands out;
+* remote control broadcasts go to the fanout exchange ``runner.control``, replies to the
+  sender's reply address;
 * lifecycle events go to the topic exchange ``runner.events`` (routing key ``job.<state>.<job>``
   or ``worker.<state>``); a monitor reads them from its own durable event queue
   (``runner.monitor`` by default).
@@ -30,6 +32,8 @@ JOBS_EXCHANGE = "runner.jobs"
 DEAD_QUEUE = "runner.dead"
 EVENTS_EXCHANGE = "runner.events"
 EVENTS_QUEUE = "runner.monitor"  # the monitor's durable event queue, unless it is told another
+REVOKED_QUEUE = "runner.revoked"  # durable revocations, each message expiring with its revocation
+CONTROL_EXCHANGE = "runner.control"  # fanout: remote control broadcasts to every live worker
 EVENTS_QUEUE_MAX = 100_000  # events an event queue keeps while nobody reads it (oldest go first)
 CONTENT_TYPE = "application/json"
 
@@ -234,6 +238,44 @@ class Broker(abc.ABC):
         consumer drops duplicates), in publish order.  One consumer per event queue.
         """
         raise NotImplementedError(f"{type(self).__name__} does not carry events")
+
+    # --- remote control: not abstract either ------------------------------------------------
+    def broadcast(self, envelope: Envelope, gather: float = 0.0) -> list[Envelope]:
+        """Send ``envelope`` to every consumer of broadcasts that is live now (``runner.control``).
+
+        Not durable: a consumer that is not running misses it.  With ``gather`` > 0, wait that
+        many seconds and return the replies (their ``correlation_id`` is the envelope's
+        ``message_id``), in arrival order; otherwise return ``[]`` at once.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not carry broadcasts")
+
+    def consume_broadcast(
+        self,
+        consumer: str,
+        on_message: Callable[[Envelope], Envelope | None],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand every broadcast sent from now on to ``on_message`` until :meth:`stop_consuming`;
+        blocks the calling thread.  ``on_ready`` is called once broadcasts are being received
+        (again after each reconnect).
+
+        ``consumer`` names this consumer (a worker name).  When ``on_message`` returns an
+        envelope and the broadcast asked for replies, that envelope (its body and headers) goes
+        to the sender as a reply.  An exception in ``on_message`` is logged, not propagated.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not carry broadcasts")
+
+    def record_revocations(self, job_ids: Sequence[str], ttl: float) -> None:
+        """Remember durably, for ``ttl`` seconds, that ``job_ids`` must never start.
+
+        Workers read every revocation in force when they start (:meth:`revocations`); live
+        workers also hear of it through a control broadcast.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not keep revocations")
+
+    def revocations(self) -> dict[str, float]:
+        """Every revocation in force: job id -> until when (epoch seconds)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep revocations")
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -143,6 +143,10 @@ from runner.cli_security import doctor, keys  # noqa: E402
 
 cli.add_command(doctor)
 cli.add_command(keys)
+from runner.cli_control import control, revoke  # noqa: E402
+
+cli.add_command(control)
+cli.add_command(revoke)
 
 
 def main() -> None:

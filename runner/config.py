@@ -43,6 +43,7 @@ class Settings:
     grace: float = 30.0
     max_redeliveries: int = 5
     wait_timeout: float | None = None
+    revoke_expiry: float = 30 * 86400.0
     workdir: str = ""
     load_plugins: tuple[str, ...] | None = None
     plugins: tuple[str, ...] = ()
@@ -169,7 +170,7 @@ def _convert(key: str, raw: Any, where: str) -> Any:
             if value < (1 if key == "concurrency" else 0):
                 raise ValueError
             return value
-        if key in ("grace", "wait_timeout"):
+        if key in ("grace", "wait_timeout", "revoke_expiry"):
             return parse_duration(raw, where)
         if key == "inline_limit":
             return parse_size(raw, where)

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from runner import reaper
-from runner.broker import Broker, Delivery, Envelope, Outgoing, Target
+from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
+from runner.control import ControlServer
 from runner.errors import ConfigError, JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
 from runner.jail import Jail
@@ -75,6 +76,7 @@ class Worker:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self.ready = threading.Event()  # set once the worker is consuming
+        self.stopped = threading.Event()  # set once run() has returned or failed
         self.processed = 0
         self.jail: Jail | None = None
         self.verifier: Verifier | None = None
@@ -82,6 +84,10 @@ class Worker:
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.concurrency):
             self._slots.put(slot)
+        self.started_at = time.time()
+        self._active: dict[str, tuple[str, float]] = {}  # job id -> (job type, started at)
+        self._revoked: dict[str, float] = {}  # job id -> revoked until (epoch seconds)
+        self._control: ControlServer | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -94,6 +100,7 @@ class Worker:
         self._start_sandbox()
         try:
             self.broker.declare_queue(self.queue, self.bindings)
+            self._start_control()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
                 self.name, self.queue, ", ".join(self.bindings), self.concurrency, self.broker.url,
@@ -106,8 +113,20 @@ class Worker:
                 self._pool.shutdown(wait=True)
                 log.info("worker %s stopped after %d jobs", self.name, self.processed)
         finally:
+            if self._control is not None:
+                self._control.stop()
             if self.jail is not None:
                 self.jail.close()
+            self.stopped.set()
+
+    def _start_control(self) -> None:
+        """Answer remote control (own thread and connection), then load revocations in force."""
+        self._control = ControlServer(self, connect(self.broker.url))
+        self._control.start()  # first, so that a revocation sent meanwhile is heard
+        if not self._control.listening.wait(30):
+            log.warning("remote control is not listening yet; revocations may arrive late")
+        for job_id, until in self.broker.revocations().items():
+            self.revoke([job_id], False, until)
 
     def _start_sandbox(self) -> None:
         """Process hygiene, the host probe, job profiles and message verification; or refuse."""
@@ -187,9 +206,13 @@ class Worker:
             # Dead-lettered (not silently acked): job_dead tells monitors, `runner dead` shows it.
             self._reject_unrunnable(delivery, f"expired: not started before {iso(expires)}")
             return
+        if self.is_revoked(message.id):
+            self._drop_revoked(delivery, message)
+            return
         cancel = threading.Event()
         with self._lock:
             self._running[message.id] = cancel
+            self._active[message.id] = (job.name, time.time())
         slot = self._slots.get()
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
@@ -220,6 +243,7 @@ class Worker:
             self._slots.put(slot)
             with self._lock:
                 self._running.pop(message.id, None)
+                self._active.pop(message.id, None)
                 self._lock.notify_all()
 
     def _progress_reporter(
@@ -281,6 +305,55 @@ class Worker:
             self.plugins.job_dead(job, message, reason, result, self)
             return True
         return False
+
+    # --- remote control (called from the control thread) -----------------------------------
+    def active_jobs(self) -> list[dict[str, object]]:
+        """The jobs running now: id, job type, seconds since they started."""
+        now = time.time()
+        with self._lock:
+            items = list(self._active.items())
+        return [{"id": i, "job": j, "runtime": round(now - t, 3)} for i, (j, t) in items]
+
+    def set_binding(self, pattern: str, add: bool) -> None:
+        """Note a binding added to or removed from this worker's queue."""
+        with self._lock:
+            kept = [b for b in self.bindings if b != pattern]
+            self.bindings = tuple([*kept, pattern] if add else kept)
+
+    def revoke(
+        self, job_ids: list[str], terminate: bool, until: float | None = None
+    ) -> dict[str, object]:
+        """Never start these jobs (until ``until``); with ``terminate`` stop them if running."""
+        until = until or time.time() + self.settings.revoke_expiry
+        terminated = []
+        with self._lock:
+            for job_id in job_ids:
+                self._revoked[job_id] = max(until, self._revoked.get(job_id, 0.0))
+                if terminate and job_id in self._running:
+                    # Cancelled jobs are requeued; the copy is then dropped as revoked.
+                    self._running[job_id].set()
+                    terminated.append(job_id)
+        return {"revoked": len(job_ids), "terminated": terminated}
+
+    def is_revoked(self, job_id: str) -> bool:
+        with self._lock:
+            until = self._revoked.get(job_id)
+            if until is not None and until < time.time():
+                del self._revoked[job_id]
+                until = None
+        return until is not None
+
+    def _drop_revoked(self, delivery: Delivery, message: JobMessage) -> None:
+        """Acknowledge a revoked job without running it; a waiting client hears why."""
+        log.info("job %s %s revoked: dropped", message.id, message.job)
+        out = []
+        if delivery.envelope.reply_to:
+            result = JobResult(
+                id=message.id, job=message.job, status=JobStatus.FAILED,
+                attempts=message.attempt - 1, error="revoked", worker=self.name,
+            )
+            out.append(Outgoing(result.to_envelope(delivery.envelope.reply_to), Target.REPLY))
+        self._settle(delivery, out)
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""

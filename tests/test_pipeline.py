@@ -166,3 +166,11 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_not_looped(client, pl
     with connect(amqp_url) as broker:
         dead = broker.take_dead(msg.id)
     assert dead is not None and "it may crash workers" in dead.headers["x-runner-dead-reason"]
+
+
+def test_a_client_keeps_working_after_its_connection_drops(client, plugins, settings_factory, route):
+    with running_worker(settings_factory(route), plugins):
+        assert client.submit("echo", {"text": "before"}, route=route, wait=True).wait(30).ok
+        client.broker._conn.close()  # the connection drops (a broker restart, a network blip)
+        after = [client.submit("echo", {"text": f"after {i}"}, route=route, wait=True) for i in range(3)]
+        assert [h.wait(30).value["text"] for h in after] == ["after 0", "after 1", "after 2"]

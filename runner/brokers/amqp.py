@@ -23,9 +23,11 @@ from job slot threads, hands its work to the connection's thread with
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -37,7 +39,9 @@ from pika.exchange_type import ExchangeType
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from runner.broker import (
+    CONTROL_EXCHANGE,
     DEAD_QUEUE,
+    REVOKED_QUEUE,
     EVENTS_EXCHANGE,
     EVENTS_QUEUE_MAX,
     JOBS_EXCHANGE,
@@ -141,6 +145,7 @@ class AmqpBroker(Broker):
         self._replies: dict[str, Envelope] = {}
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
+        self._inboxes: list[_AmqpInbox] = []
 
     # --- connection -------------------------------------------------------------------------
     def _channel(self) -> BlockingChannel:
@@ -289,12 +294,14 @@ class AmqpBroker(Broker):
         extra = {}
         if delay > 0:
             extra[H_NOT_BEFORE] = int((time.time() + delay) * 1000)
-        self._translate(
-            lambda: self._publish_raw(
-                JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra
-            ),
-            retry=True,
-        )
+
+        def send() -> None:
+            if envelope.reply_to == REPLY_TO:
+                for inbox in self._inboxes:
+                    inbox.subscribe()
+            self._publish_raw(JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra)
+
+        self._translate(send, retry=True)
 
     def _translate(self, fn: Callable[[], Any], retry: bool = False) -> Any:
         """Run a channel operation; map pika errors to BrokerError (one reconnect if asked)."""
@@ -575,12 +582,148 @@ class AmqpBroker(Broker):
         self._cancel_consumer()
 
 
+    # --- remote control -------------------------------------------------------------------
+    def broadcast(self, envelope: Envelope, gather: float = 0.0) -> list[Envelope]:
+        def send() -> list[Envelope]:
+            # A channel of its own: direct reply-to needs the consumer and the publish on the
+            # same channel, and the replies of a broadcast must not mix with job replies.
+            ch = self._channel().connection.channel()
+            replies: list[Envelope] = []
+            try:
+                ch.exchange_declare(CONTROL_EXCHANGE, ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
+                env = replace(envelope, reply_to=None, correlation_id=None)
+                if gather > 0:
+
+                    def on_reply(_ch: Any, _m: Any, props: pika.BasicProperties, body: bytes) -> None:
+                        if props.correlation_id == envelope.message_id:
+                            replies.append(_envelope(REPLY_TO, props, body))
+
+                    ch.basic_consume(REPLY_TO, on_reply, auto_ack=True)
+                    env = replace(envelope, reply_to=REPLY_TO, correlation_id=envelope.message_id)
+                ch.basic_publish(CONTROL_EXCHANGE, "", env.body, self._props(env))
+                deadline = time.monotonic() + gather
+                while (left := deadline - time.monotonic()) > 0:
+                    ch.connection.process_data_events(time_limit=min(left, 0.5))
+            finally:
+                if ch.is_open:
+                    ch.close()
+            return replies
+
+        return self._translate(send, retry=True)
+
+    def consume_broadcast(
+        self,
+        consumer: str,
+        on_message: Callable[[Envelope], Envelope | None],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self._stopping.clear()
+        while not self._stopping.is_set():
+            try:
+                self._consume_broadcast_once(consumer, on_message, on_ready)
+                return
+            except CONNECTION_ERRORS + (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("control: lost the connection to RabbitMQ (%s); reconnecting", exc)
+                self._reconnect(give_up_after=None)
+
+    def _consume_broadcast_once(
+        self,
+        consumer: str,
+        on_message: Callable[[Envelope], Envelope | None],
+        on_ready: Callable[[], None] | None,
+    ) -> None:
+        ch = self._channel()
+        ch.exchange_declare(CONTROL_EXCHANGE, ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
+        # Exclusive: it lives as long as this connection; a stale command is of no use later.
+        queue = f"runner.control.{consumer}.{uuid.uuid4().hex[:8]}"
+        ch.queue_declare(queue, exclusive=True, auto_delete=True, arguments={"x-message-ttl": 60_000})
+        ch.queue_bind(queue, CONTROL_EXCHANGE)
+
+        def on_msg(_ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+            env = _envelope(method.routing_key, props, body)
+            try:
+                reply = on_message(env)
+            except Exception:  # a bad command must not stop remote control
+                log.exception("control message %s failed", env.message_id)
+                reply = None
+            if reply is not None and env.reply_to:
+                reply = replace(reply, routing_key=env.reply_to, correlation_id=env.correlation_id)
+                self._publish_raw("", env.reply_to, reply, False)
+            ch.basic_ack(method.delivery_tag)
+
+        self._consumer = (ch, ch.basic_consume(queue, on_msg))
+        if on_ready is not None:
+            on_ready()
+        while not self._stopping.is_set():
+            self._conn.process_data_events(time_limit=0.5)  # type: ignore[union-attr]
+        self._cancel_consumer()
+
+
+    # --- revocations ----------------------------------------------------------------------
+    def record_revocations(self, job_ids: Sequence[str], ttl: float) -> None:
+        until = time.time() + ttl
+        body = json.dumps({"ids": list(job_ids), "until": until}).encode()
+        env = Envelope(body=body, message_id=uuid.uuid4().hex, type="revoke", routing_key=REVOKED_QUEUE)
+
+        def record() -> None:
+            ch = self._channel()
+            ch.queue_declare(REVOKED_QUEUE, durable=True)
+            props = self._props(env)
+            props.expiration = str(max(1, int(ttl * 1000)))  # RabbitMQ drops it when it lapses
+            ch.basic_publish("", REVOKED_QUEUE, body, props, mandatory=True)
+
+        self._translate(record, retry=True)
+
+    def revocations(self) -> dict[str, float]:
+        def read() -> dict[str, float]:
+            # Read without acknowledging on a throwaway channel: closing it puts them all back.
+            ch = self._channel().connection.channel()
+            out: dict[str, float] = {}
+            now = time.time()
+            try:
+                ch.queue_declare(REVOKED_QUEUE, durable=True)
+                for _ in range(1_000_000):
+                    method, _props, body = ch.basic_get(REVOKED_QUEUE)
+                    if method is None:
+                        break
+                    try:
+                        record = json.loads(body)
+                        until = float(record["until"])
+                        ids = [str(i) for i in record["ids"]]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if until > now:
+                        out.update((i, max(until, out.get(i, 0.0))) for i in ids)
+            finally:
+                if ch.is_open:
+                    ch.close()
+            return out
+
+        return self._translate(read, retry=True)
+
+
 class _AmqpInbox(ReplyInbox):
     """Direct reply-to on the broker's own channel (RabbitMQ requires the same channel)."""
 
     def __init__(self, broker: AmqpBroker) -> None:
         self.broker = broker
         self.address = REPLY_TO
+        self._generation = -1
+        self.subscribe()
+        broker._inboxes.append(self)
+
+    def subscribe(self) -> None:
+        """(Re)start consuming replies on the broker's current channel.
+
+        After a reconnect the old consumer is gone with its channel, and RabbitMQ refuses a
+        publish with ``reply_to`` on a channel that has none; replies to jobs published before
+        the reconnect are lost (the jobs are not).
+        """
+        if self._generation == self.broker._generation and self._ch.is_open:
+            return
+        broker = self.broker
         self._ch = broker._channel()
 
         def on_reply(_ch: Any, _method: Any, props: pika.BasicProperties, body: bytes) -> None:
@@ -588,6 +731,7 @@ class _AmqpInbox(ReplyInbox):
                 broker._replies[props.correlation_id] = _envelope(REPLY_TO, props, body)
 
         self._tag = self._ch.basic_consume(REPLY_TO, on_reply, auto_ack=True)
+        self._generation = broker._generation
 
     def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -606,6 +750,8 @@ class _AmqpInbox(ReplyInbox):
         return self.broker._replies.pop(correlation_id)
 
     def close(self) -> None:
+        if self in self.broker._inboxes:
+            self.broker._inboxes.remove(self)
         if self._ch.is_open:
             try:
                 self._ch.basic_cancel(self._tag)

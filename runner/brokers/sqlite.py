@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.broker import EVENTS_QUEUE_MAX, Broker, Delivery, Envelope, Outgoing, ReplyInbox
@@ -393,6 +393,84 @@ class SqliteBroker(Broker):
                 on_events([env for _, env in rows])
                 with self._write() as db:
                     store.drop_events(db, queue, len(rows), up_to=rows[-1][0])
+                delay = POLL_MIN
+                continue
+            woke = self._signal.wait(seen, delay)
+            delay = POLL_MIN if woke else min(delay * 2, self._poll_max)
+
+    # --- revocations ----------------------------------------------------------------------
+    def record_revocations(self, job_ids: Sequence[str], ttl: float) -> None:
+        until = time.time() + ttl
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO revoked (job_id, until) VALUES (?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET until = MAX(until, excluded.until)",
+                [(job_id, until) for job_id in job_ids],
+            )
+
+    def revocations(self) -> dict[str, float]:
+        with self._write() as db:
+            db.execute("DELETE FROM revoked WHERE until <= ?", (time.time(),))
+            return {job_id: until for job_id, until in db.execute("SELECT job_id, until FROM revoked")}
+
+    # --- remote control -------------------------------------------------------------------
+    def broadcast(self, envelope: Envelope, gather: float = 0.0) -> list[Envelope]:
+        inbox = self.reply_inbox() if gather > 0 else None
+        env = replace(envelope, reply_to=None, correlation_id=None)
+        if inbox is not None:
+            env = replace(envelope, reply_to=inbox.address, correlation_id=envelope.message_id)
+        try:
+            with self._write() as db:
+                store.insert_broadcast(db, env, time.time())
+            self._signal.notify()
+            replies: list[Envelope] = []
+            if inbox is not None:
+                deadline = time.monotonic() + gather
+                while (left := deadline - time.monotonic()) > 0:
+                    reply = inbox.get(envelope.message_id, left)
+                    if reply is not None:
+                        replies.append(reply)
+            return replies
+        finally:
+            if inbox is not None:
+                inbox.close()
+
+    def consume_broadcast(
+        self,
+        consumer: str,
+        on_message: Callable[[Envelope], Envelope | None],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self._stopping.clear()
+        with self._reading() as db:
+            last = store.last_broadcast(db)
+        if on_ready is not None:
+            on_ready()
+        delay = POLL_MIN
+        while not self._closed and not self._stopping.is_set():
+            seen = self._signal.generation
+            try:
+                with self._reading() as db:
+                    rows = store.read_broadcasts(db, last)
+            except BrokerError as exc:
+                if self._closed:
+                    return
+                log.warning("sqlite broker: %s; trying again", exc)
+                rows = []
+            for row_id, env in rows:
+                last = row_id
+                try:
+                    reply = on_message(env)
+                    if reply is not None and env.reply_to:
+                        reply = replace(
+                            reply, routing_key=env.reply_to, correlation_id=env.correlation_id
+                        )
+                        with self._write() as db:
+                            store.insert_reply(db, reply)
+                        self._signal.notify()
+                except Exception:  # a bad command must not stop remote control
+                    log.exception("control message %s failed", env.message_id)
+            if rows:
                 delay = POLL_MIN
                 continue
             woke = self._signal.wait(seen, delay)

@@ -15,6 +15,10 @@ Tables (schema version 1, ``PRAGMA user_version``):
   monitor's), with how many events each holds, and the events waiting in them.  Reading is
   a cursor over ``events.id``: a consumer deletes what it has handled.  Added to schema 1
   without a version change: older code ignores the two tables.
+* ``control``: remote control broadcasts (``runner.control``), kept five minutes; each
+  consumer reads the rows after the newest one it saw when it started (no deletes per reader).
+  Added to schema 1 like the event tables.
+* ``revoked``: revoked job ids and until when the revocation holds (``runner revoke``).
 """
 
 from __future__ import annotations
@@ -93,7 +97,11 @@ CREATE TABLE IF NOT EXISTS event_queues (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, {_ENVELOPE_DDL});
 CREATE INDEX IF NOT EXISTS events_queue ON events (queue, id);
+CREATE TABLE IF NOT EXISTS revoked (job_id TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS control (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sent_at REAL NOT NULL, {_ENVELOPE_DDL});
 """
+CONTROL_KEEP = 300.0  # seconds a broadcast stays readable (consumers poll far more often)
 
 
 # Leases.  A message is ready when it is due and nobody holds a live lease on it.
@@ -402,3 +410,22 @@ def signal_for(path: Path) -> Signal:
     key = os.path.realpath(path)
     with _signals_lock:
         return _signals.setdefault(key, Signal())
+
+
+def insert_broadcast(db: sqlite3.Connection, env: Envelope, now: float) -> None:
+    """Store a remote control broadcast; forget the ones older than :data:`CONTROL_KEEP`."""
+    db.execute("DELETE FROM control WHERE sent_at < ?", (now - CONTROL_KEEP,))
+    db.execute(
+        f"INSERT INTO control (sent_at, {_COLS}) VALUES (?, {_MARKS})", (now, *envelope_values(env))
+    )
+
+
+def last_broadcast(db: sqlite3.Connection) -> int:
+    """The row id of the newest broadcast (0 if none): a new consumer reads after it."""
+    return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM control").fetchone()[0])
+
+
+def read_broadcasts(db: sqlite3.Connection, after: int) -> list[tuple[int, Envelope]]:
+    """Broadcasts with a row id above ``after``, oldest first."""
+    rows = db.execute(f"SELECT id, {_COLS} FROM control WHERE id > ? ORDER BY id", (after,))
+    return [(int(row[0]), row_envelope(row[1:])) for row in rows.fetchall()]
