@@ -711,6 +711,8 @@ class _AmqpInbox(ReplyInbox):
         self.broker = broker
         self.address = REPLY_TO
         self._generation = -1
+        self._ch: BlockingChannel = broker._channel()
+        self._tag = ""
         self.subscribe()
         broker._inboxes.append(self)
 
@@ -721,7 +723,7 @@ class _AmqpInbox(ReplyInbox):
         publish with ``reply_to`` on a channel that has none; replies to jobs published before
         the reconnect are lost (the jobs are not).
         """
-        if self._generation == self.broker._generation and self._ch.is_open:
+        if self._generation == self.broker._generation and self._ch.is_open and self._tag:
             return
         broker = self.broker
         self._ch = broker._channel()
