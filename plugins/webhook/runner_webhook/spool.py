@@ -1,19 +1,17 @@
 """The webhook spool: one JSON file per delivery still owed to a receiver.
 
-A delivery is written to a temporary file, fsynced and renamed into place before the job hook
-returns, so a worker that dies afterwards loses nothing: the next worker using the directory
-sends it.  A sender *claims* a file with an exclusive ``flock`` and removes it only after the
-receiver accepted it, so workers in several processes may share one spool and each delivery is
-still sent once.  The spool is bounded: past ``max_entries`` the oldest delivery is dropped,
+The mechanics are :mod:`runner.spool`'s: a delivery is on disk before the job hook returns, so a
+worker that dies afterwards loses nothing (the next worker using the directory sends it), and a
+sender claims a file and removes it only after the receiver accepted it, so workers in several
+processes may share one spool and each delivery is still sent once.  This layer adds the
+:class:`Delivery` record and the bounds: past ``max_entries`` the oldest delivery is dropped,
 and so is one older than ``max_age``, each with a log line.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +19,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runner.spool import Spool as FileSpool
+
 log = logging.getLogger(__name__)
 SUFFIX = ".json"
-STALE_TMP = 3600.0  # a temporary file this old was left by a crash mid-write
 
 
 @dataclass
@@ -42,16 +41,16 @@ class Delivery:
 
 
 class Spool:
-    """A directory of delivery files, named so that sorting them puts the oldest first."""
+    """A directory of delivery files, oldest first, bounded by ``max_entries`` and ``max_age``."""
 
     def __init__(self, root: Path, max_entries: int, max_age: float) -> None:
         self.root = root
         self.max_entries = max_entries
         self.max_age = max_age
+        self.files = FileSpool(root, SUFFIX)
 
     def put(self, url: str, event: str, job_id: str, body: bytes) -> Delivery:
         """Write a delivery durably, dropping the oldest ones if the spool is full."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = time.time()
         delivery = Delivery(uuid.uuid4().hex, url, event, job_id, body.decode(), now, next_at=now)
         pending = self.pending()
@@ -61,23 +60,17 @@ class Spool:
                 break
             if self.drop(path, f"the spool holds {self.max_entries} deliveries (max_entries)"):
                 excess -= 1
-        self._write(self.root / f"{time.time_ns():020d}-{delivery.id}{SUFFIX}", delivery)
+        self.files.put(_encode(delivery), key=delivery.id)
         return delivery
 
     def pending(self) -> list[Path]:
-        try:
-            return sorted(p for p in self.root.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
-        except FileNotFoundError:
-            return []
+        return self.files.pending()
 
     def read(self, path: Path) -> Delivery | None:
+        """The delivery in ``path`` without claiming it; ``None`` if it is gone or unreadable."""
         try:
-            return Delivery(**json.loads(path.read_bytes()))
+            return self._decode(path, path.read_bytes())
         except FileNotFoundError:
-            return None
-        except (ValueError, TypeError) as exc:
-            log.error("webhook spool: %s is unreadable (%s); removed", path.name, exc)
-            path.unlink(missing_ok=True)
             return None
 
     def drop(self, path: Path, why: str) -> bool:
@@ -90,7 +83,7 @@ class Spool:
 
     def discard(self, path: Path, delivery: Delivery, why: str) -> None:
         """Remove a delivery the caller has claimed, with a log line saying what was lost."""
-        path.unlink(missing_ok=True)
+        self.files.done(path)
         log.warning(
             "webhook %s for job %s to %s dropped after %d tries: %s%s",
             delivery.event, delivery.job_id, delivery.url, delivery.tries, why,
@@ -99,13 +92,7 @@ class Spool:
 
     def prepare(self) -> None:
         """Create the directory; clear temporary files a crash left mid-write."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for tmp in self.root.glob(".*.tmp"):
-            try:
-                if time.time() - tmp.stat().st_mtime > STALE_TMP:
-                    tmp.unlink()
-            except FileNotFoundError:
-                pass
+        self.files.prepare()
 
     def expired(self, delivery: Delivery, now: float) -> bool:
         return now - delivery.created_at > self.max_age
@@ -113,48 +100,24 @@ class Spool:
     @contextmanager
     def claim(self, path: Path) -> Iterator[Delivery | None]:
         """The delivery in ``path`` for this sender alone; ``None`` if another has it or sent it."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield None
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield None
-                return
-            try:  # sent and removed, or rewritten, by another sender between open and lock?
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            yield self.read(path) if same else None
-        finally:
-            os.close(fd)  # releases the lock
+        with self.files.claim(path) as data:
+            yield None if data is None else self._decode(path, data)
 
     def done(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
-        _sync_dir(self.root)
+        self.files.done(path)
 
     def update(self, path: Path, delivery: Delivery) -> None:
         """Record a failed try (replaces the file atomically, under the caller's claim)."""
-        self._write(path, delivery)
+        self.files.replace(path, _encode(delivery))
 
-    def _write(self, path: Path, delivery: Delivery) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def _decode(self, path: Path, data: bytes) -> Delivery | None:
         try:
-            os.write(fd, json.dumps(asdict(delivery)).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _sync_dir(self.root)
+            return Delivery(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            log.error("webhook spool: %s is unreadable (%s); removed", path.name, exc)
+            path.unlink(missing_ok=True)
+            return None
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _encode(delivery: Delivery) -> bytes:
+    return json.dumps(asdict(delivery)).encode()
