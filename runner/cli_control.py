@@ -76,6 +76,20 @@ def shutdown(app: App, grace: float | None, workers: tuple[str, ...], timeout: f
     _run(app, "shutdown", {"grace": grace}, workers, timeout, as_json)
 
 
+@control.command("rate-limit")
+@click.argument("job")
+@click.argument("rate")
+@_options
+@pass_app
+def rate_limit(app: App, job: str, rate: str, workers: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Limit starts of JOB on each worker to RATE (10/s, 100/m, 5/h; 'off' removes the limit)."""
+    from runner.ratelimit import parse_rate
+
+    if rate != "off":
+        parse_rate(rate, "RATE")  # refused here, not by every worker
+    _run(app, "rate_limit", {"job": job, "rate": None if rate == "off" else rate}, workers, timeout, as_json)
+
+
 @control.command("add-binding")
 @click.argument("pattern")
 @_options

@@ -110,6 +110,7 @@ class ControlServer:
             "registered": lambda args: sorted(j.name for j in worker.plugins.jobs),
             "queues": lambda args: {"queue": worker.queue, "bindings": list(worker.bindings)},
             "shutdown": self._shutdown,
+            "rate_limit": lambda args: worker.limiter.set(str(args["job"]), args.get("rate")),
             "add_binding": lambda args: self._binding(args, add=True),
             "remove_binding": lambda args: self._binding(args, add=False),
             "revoke": lambda args: worker.revoke(
@@ -159,7 +160,7 @@ class ControlServer:
             if handler is None:
                 raise ControlError(f"this worker does not know the command {command!r}")
             reply.update(ok=True, result=handler(args))
-        except (RunnerError, ValueError, TypeError) as exc:
+        except (RunnerError, ValueError, TypeError, KeyError) as exc:
             reply.update(ok=False, error=str(exc))
         log.info("control: %s -> %s", command, "ok" if reply["ok"] else reply["error"])
         return Envelope(

@@ -29,6 +29,7 @@ from runner import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
+from runner.ratelimit import H_RATE_SLOT, RateLimiter
 from runner.errors import ConfigError, JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
 from runner.jail import Jail
@@ -88,6 +89,7 @@ class Worker:
         self._active: dict[str, tuple[str, float]] = {}  # job id -> (job type, started at)
         self._revoked: dict[str, float] = {}  # job id -> revoked until (epoch seconds)
         self._control: ControlServer | None = None
+        self.limiter = RateLimiter()
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -144,6 +146,9 @@ class Worker:
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"[jobs.{job.name}.sandbox]: expected a table")
             self._jobs[job.name] = tighten(job, table) if table else job
+        for name, options in self.settings.jobs.items():
+            if isinstance(options, dict) and options.get("rate_limit"):
+                self.limiter.set(name, str(options["rate_limit"]))
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
 
@@ -208,6 +213,13 @@ class Worker:
             return
         if self.is_revoked(message.id):
             self._drop_revoked(delivery, message)
+            return
+        wait, stamp = self.limiter.admit(job.name, message.attempt, env.headers.get(H_RATE_SLOT))
+        if wait > 0:
+            # Not held here (a slot asleep, an unacked message): back through the broker's delay.
+            later = retry_envelope(env, message.attempt, message.history)
+            log.debug("job %s %s rate-limited: starts in %.2fs", message.id, job.name, wait)
+            self._settle(delivery, [Outgoing(later.with_headers(**{H_RATE_SLOT: stamp}), Target.JOBS, wait)])
             return
         cancel = threading.Event()
         with self._lock:
