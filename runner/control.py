@@ -139,7 +139,10 @@ class ControlServer:
         thread = self._thread
         for _ in range(20):  # a stop that lands before the consumer started is repeated
             self.broker.stop_consuming()
-            if thread is None or (thread.join(0.5) or not thread.is_alive()):
+            if thread is None:
+                break
+            thread.join(0.5)
+            if not thread.is_alive():
                 break
         self.broker.close()
 

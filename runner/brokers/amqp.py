@@ -603,7 +603,7 @@ class AmqpBroker(Broker):
                 ch.basic_publish(CONTROL_EXCHANGE, "", env.body, self._props(env))
                 deadline = time.monotonic() + gather
                 while (left := deadline - time.monotonic()) > 0:
-                    ch.connection.process_data_events(time_limit=min(left, 0.5))
+                    ch.connection.process_data_events(time_limit=min(left, 0.5))  # type: ignore[arg-type]
             finally:
                 if ch.is_open:
                     ch.close()
@@ -657,7 +657,7 @@ class AmqpBroker(Broker):
         if on_ready is not None:
             on_ready()
         while not self._stopping.is_set():
-            self._conn.process_data_events(time_limit=0.5)  # type: ignore[union-attr]
+            self._conn.process_data_events(time_limit=0.5)  # type: ignore[union-attr,arg-type]
         self._cancel_consumer()
 
 
@@ -689,7 +689,7 @@ class AmqpBroker(Broker):
                     if method is None:
                         break
                     try:
-                        record = json.loads(body)
+                        record = json.loads(body or b"")
                         until = float(record["until"])
                         ids = [str(i) for i in record["ids"]]
                     except (ValueError, KeyError, TypeError):
