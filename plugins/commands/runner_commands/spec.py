@@ -34,7 +34,7 @@ KEYS = frozenset(
      "file_size", "open_files", "output_limit"}
 )
 # Keys of [jobs.NAME] that the core (sandbox) or other plugins (webhook, notify) read.
-SHARED_KEYS = frozenset({"sandbox", "webhook", "notify"})
+SHARED_KEYS = frozenset({"sandbox", "webhook", "notify", "rate_limit"})
 
 
 class FieldError(Exception):
