@@ -100,17 +100,39 @@ class JobsGroup(click.Group):
             formatter.write(click.style(f"\nplugin error: {err}\n", fg="red"))
 
 
+def _batch_argument(job: JobType) -> str | None:
+    """The one input-file argument that may take several files (one job per file)."""
+    args = [p for p in job.params if isinstance(p, click.Argument) and p.name in job.inputs]
+    if len(args) == 1 and args[0].nargs == 1:
+        return args[0].name
+    return None
+
+
 def job_command(job: JobType, local: bool) -> click.Command:
-    params = [copy.copy(p) for p in job.params] + [copy.copy(o) for o in COMMON_OPTIONS]
+    batch = _batch_argument(job)
+    params: list[click.Parameter] = []
+    for p in job.params:
+        if p.name == batch:
+            # `runner submit resize --size 200x200 photos/*.jpg`: one job per file, as a group.
+            p = click.Argument([p.name], type=p.type, nargs=-1, required=True)
+        params.append(copy.copy(p))
+    params += [copy.copy(o) for o in COMMON_OPTIONS]
 
     @click.pass_context
     def callback(ctx: click.Context, **kwargs: Any) -> None:
         app = ctx.find_object(App)
         assert app is not None
         options = {k[4:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("opt_")}
+        many = list(kwargs.pop(batch)) if batch else []
         files = {n: kwargs.pop(n) for n in job.inputs if kwargs.get(n) is not None}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        code = app.submit_job(job, kwargs, files, options, local)
+        if len(many) > 1:
+            assert batch is not None
+            code = app.submit_batch(job, kwargs, [{batch: f} for f in many], options, local)
+        else:
+            if batch and many:
+                files[batch] = many[0]
+            code = app.submit_job(job, kwargs, files, options, local)
         ctx.exit(code)
 
     verb = "Run" if local else "Submit"
@@ -179,6 +201,14 @@ class App:
 
         run = run_local if local else submit_remote
         return run(self, job, params, files, options)
+
+    def submit_batch(
+        self, job: JobType, params: dict[str, Any], files: list[dict[str, str]],
+        options: dict[str, Any], local: bool,
+    ) -> int:
+        from runner.batch import run_batch
+
+        return run_batch(self, job, params, files, options, local)
 
 
 def stderr_is_tty() -> bool:

@@ -141,6 +141,7 @@ class Client:
         webhook: str | None = None,
         eta: Any = None,
         expires: Any = None,
+        group: str | None = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -158,6 +159,7 @@ class Client:
             eta: the earliest start, an ISO 8601 time or a ``datetime`` (instead of ``delay``).
             expires: drop the job if no worker started it by then: seconds or a duration from
                 now (``"10m"``), or an ISO 8601 time / ``datetime``.
+            group: a group id shared by jobs submitted together (a batch).
         """
         job_type = self.plugins.jobs.get(job)
         data = self._files(job_type, files or {})
@@ -168,7 +170,7 @@ class Client:
         delay, expires_at = schedule(delay, eta, expires)
         options = JobOptions(
             timeout=timeout, retries=retries, priority=priority, webhook=webhook,
-            expires=expires_at,
+            expires=expires_at, group=group,
         )
         try:
             check_url(webhook, "webhook")

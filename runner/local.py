@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,14 +79,15 @@ def submit_remote(app: Any, job: JobType, params: dict[str, Any], files: dict[st
         )
 
 
-def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, str],
-              options: dict[str, Any]) -> int:
+@contextmanager
+def local_worker(app: Any, concurrency: int = 1) -> Iterator[tuple[Client, str]]:
+    """A worker in this process on a private one-off queue; yields a client and its route."""
     from runner.broker import connect
     from runner.worker import Worker
 
     route = f"run-{uuid.uuid4().hex[:12]}"
     settings = replace(app.settings(), queue=f"runner.run.{route}", bindings=(f"{route}.#",),
-                       concurrency=1)
+                       concurrency=concurrency)
     if not app.debug:
         # The one-job worker's start-up notes (signing off, sandbox layers) are for daemons.
         logging.getLogger("runner.worker").setLevel(logging.ERROR)
@@ -96,9 +99,7 @@ def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, s
         if not worker.ready.wait(30):
             raise JobFailed("-", "the local worker did not start")
         with Client(connect(settings.broker_url), app.plugins(), settings) as client:
-            return _submit_and_report(
-                client, job, params, files, {**options, "route": route}, True, app.debug
-            )
+            yield client, route
     finally:
         worker.stop(grace=0)
         thread.join(30)
@@ -106,3 +107,11 @@ def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, s
         cleanup.delete_queue(settings.queue)
         cleanup.close()
         worker_broker.close()
+
+
+def run_local(app: Any, job: JobType, params: dict[str, Any], files: dict[str, str],
+              options: dict[str, Any]) -> int:
+    with local_worker(app) as (client, route):
+        return _submit_and_report(
+            client, job, params, files, {**options, "route": route}, True, app.debug
+        )

@@ -101,6 +101,7 @@ class JobOptions:
     priority: int = 0
     webhook: str | None = None
     expires: float | None = None  # epoch seconds: not started by then, the job is dropped
+    group: str | None = None  # jobs submitted together (a batch) share a group id
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -110,6 +111,8 @@ class JobOptions:
             out["webhook"] = self.webhook
         if self.expires is not None:
             out["expires"] = self.expires
+        if self.group:
+            out["group"] = self.group
         return out
 
 
@@ -195,6 +198,7 @@ class JobMessage:
             priority=_int(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
             webhook=check_url(opts.get("webhook"), "options.webhook"),
             expires=_number(opts.get("expires"), "options.expires", positive=True),
+            group=_group(opts.get("group")),
         )
         attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
         msg_id = obj.get("id")
@@ -337,6 +341,14 @@ def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise MessageError("history header: expected a list of objects")
     return tuple(items[-MAX_HISTORY:])
+
+
+def _group(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise MessageError("options.group: expected a short string")
+    return value
 
 
 def check_url(value: Any, where: str) -> str | None:

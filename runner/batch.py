@@ -1,0 +1,99 @@
+"""Batches: ``runner submit resize --size 200x200 photos/*.jpg --wait`` runs one job per file.
+
+The jobs share a group id; with ``--wait`` a progress bar on a terminal counts done, failed and
+the rate, each output is written beside its input (or in ``--output-dir``), failures are
+listed, not hidden, and the exit code says whether any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.client import Client, JobHandle, WaitTimeout, save_outputs
+from runner.jobs import JobType
+from runner.local import EXIT_FAILED, EXIT_OK, local_worker
+
+
+def run_batch(
+    app: Any, job: JobType, params: dict[str, Any], files: list[dict[str, str]],
+    options: dict[str, Any], local: bool,
+) -> int:
+    """Submit (and with ``--wait`` or ``runner run``, wait for) one job per input file."""
+    with ExitStack() as stack:
+        if local:
+            client, route = stack.enter_context(local_worker(app, app.settings().concurrency))
+            options = {**options, "route": route, "wait": True}
+        else:
+            from runner.broker import connect
+
+            settings = app.settings()
+            client = stack.enter_context(Client(connect(settings.broker_url), app.plugins(), settings))
+        return _batch(client, job, params, files, options)
+    raise AssertionError("unreachable")
+
+
+def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dict[str, str]],
+           options: dict[str, Any]) -> int:
+    from runner.cli_jobs import ProgressLine, stderr_is_tty
+
+    group = uuid.uuid4().hex
+    wait = bool(options.get("wait"))
+    handles: list[tuple[str, JobHandle]] = []
+    for f in files:
+        handle = client.submit(
+            job.name, params, f, route=options.get("route"), wait=wait,
+            timeout=options.get("timeout"), retries=options.get("retries"),
+            delay=options.get("delay") or 0.0, priority=options.get("priority") or 0,
+            webhook=options.get("webhook"), eta=options.get("eta"),
+            expires=options.get("expires"), group=group,
+        )
+        handles.append((next(iter(f.values())), handle))
+    if not wait:
+        ids = [{"input": path, "id": h.id} for path, h in handles]
+        click.echo(json.dumps({"group": group, "jobs": ids}) if options.get("json")
+                   else "\n".join(f"{h.id}  {path}" for path, h in handles))
+        return EXIT_OK
+    bar = ProgressLine() if stderr_is_tty() and not options.get("json") else None
+    started, done = time.monotonic(), 0
+    records: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    for path, handle in handles:
+        try:
+            result = handle.wait(options.get("wait_timeout") or client.settings.wait_timeout,
+                                 raise_on_failure=False)
+        except WaitTimeout as exc:
+            failed.append((path, str(exc)))
+            records.append({"input": path, "id": handle.id, "status": "timeout"})
+            continue
+        finally:
+            done += 1
+        if result.ok:
+            target = Path(options["output_dir"]) if options.get("output_dir") else Path(path).resolve().parent
+            written = [str(p) for p in save_outputs(result, target)]
+        else:
+            written = []
+            failed.append((path, result.error or "failed"))
+        records.append({"input": path, "id": handle.id, "status": result.status.value,
+                        "outputs": written, "error": result.error})
+        if bar:
+            rate = done / max(1e-6, time.monotonic() - started)
+            bar.show({"percent": 100.0 * done / len(handles), "done": done, "total": len(handles),
+                      "message": f"{len(failed)} failed, {rate:.1f}/s"})
+    if bar:
+        bar.clear()
+    elapsed = time.monotonic() - started
+    if options.get("json"):
+        click.echo(json.dumps({"group": group, "jobs": records}, indent=2))
+    else:
+        click.echo(f"{job.name}: {len(handles) - len(failed)} succeeded, {len(failed)} failed "
+                   f"of {len(handles)} in {elapsed:.1f}s ({len(handles) / max(elapsed, 1e-6):.1f}/s)")
+        for path, error in failed:
+            click.secho(f"  failed {path}: {error}", fg="red", err=True)
+    return EXIT_FAILED if failed else EXIT_OK
