@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -317,9 +318,13 @@ def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cle
         broker.declare_event_queue(queue, patterns=["worker.*"])
     route = unique_route()
     cleanup_queues.append(f"test.{route}")
-    wp = worker_process(f"test.{route}", [f"{route}.#"])
+    wp = worker_process(f"test.{route}", [f"{route}.#"], env={"PYTHONFAULTHANDLER": "1"})
     # When it is stopped with SIGTERM, and exits at once (no job running)
-    assert wp.stop(signal.SIGTERM) == 0
+    try:
+        assert wp.stop(signal.SIGTERM) == 0
+    except subprocess.TimeoutExpired:
+        wp.stop(signal.SIGABRT)  # faulthandler prints every thread's stack into the log
+        pytest.fail("the worker did not exit after SIGTERM:\n" + "".join(wp.lines))
     # Then its last event, published before the interpreter went, says it is offline
     name = f"{socket.gethostname()}.{wp.proc.pid}"
     reader = Reader(amqp_url, queue)
