@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from runner.errors import JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
 from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
+from runner.shared import fetch, remove, store_input
 from runner.signing import Signer, signer_from_settings
 from runner.timing import schedule
 
@@ -142,6 +144,7 @@ class Client:
         eta: Any = None,
         expires: Any = None,
         group: str | None = None,
+        job_id: str | None = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -160,9 +163,12 @@ class Client:
             expires: drop the job if no worker started it by then: seconds or a duration from
                 now (``"10m"``), or an ISO 8601 time / ``datetime``.
             group: a group id shared by jobs submitted together (a batch).
+            job_id: the job's id (default: a random one); ``runner beat`` derives it from
+                the slot, so every beat process gives a slot the same id.
         """
         job_type = self.plugins.jobs.get(job)
-        data = self._files(job_type, files or {})
+        job_id = job_id or uuid.uuid4().hex
+        data = self._files(job_type, files or {}, job_id)
         checked = job_type.validate(dict(params or {}), data)
         payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
         if not 0 <= priority <= 9:
@@ -176,7 +182,7 @@ class Client:
             check_url(webhook, "webhook")
         except MessageError as exc:
             raise JobError(str(exc)) from exc
-        message = JobMessage(job=job, params=payload, files=data, options=options)
+        message = JobMessage(job=job, params=payload, files=data, options=options, id=job_id)
         message = replace(message, route=route or self._route(job_type, message))
         if not ROUTE_RE.match(message.route):
             raise JobError(f"route {message.route!r} must be one lower-case word (a-z, 0-9, _ -)")
@@ -198,10 +204,14 @@ class Client:
         return self.plugins.route_job(job_type, message) or job_type.route
 
     def _files(
-        self, job_type: JobType, files: Mapping[str, str | os.PathLike[str] | FileData]
+        self,
+        job_type: JobType,
+        files: Mapping[str, str | os.PathLike[str] | FileData],
+        job_id: str,
     ) -> dict[str, FileData]:
         out: dict[str, FileData] = {}
         total = 0
+        shared = self.shared_root
         for name, src in files.items():
             if name not in job_type.inputs:
                 raise JobError(f"job {job_type.name!r} takes no input file {name!r}")
@@ -210,6 +220,11 @@ class Client:
             else:
                 path = Path(src)
                 try:
+                    size = path.stat().st_size
+                    if shared is not None and total + size > self.settings.inline_limit:
+                        # Too large to travel inline: by reference, through the share.
+                        out[name] = store_input(shared, job_id, path)
+                        continue
                     item = FileData(name=path.name, data=path.read_bytes())
                 except OSError as exc:
                     raise JobError(f"cannot read input {path}: {exc.strerror}") from exc
@@ -217,14 +232,19 @@ class Client:
                 check_file_name(item.name, name)
             except MessageError as exc:
                 raise JobError(str(exc)) from exc
-            total += len(item.data)
+            total += item.size if not item.ref else 0
             if total > self.settings.inline_limit:
                 raise JobError(
                     f"input {item.name} brings the job to {total} bytes, over the inline limit "
-                    f"of {self.settings.inline_limit} bytes (setting inline_limit)"
+                    f"of {self.settings.inline_limit} bytes (setting inline_limit; or set "
+                    "shared_storage to send large files by reference)"
                 )
             out[name] = item
         return out
+
+    @property
+    def shared_root(self) -> Path | None:
+        return Path(self.settings.shared_storage) if self.settings.shared_storage else None
 
     def close(self) -> None:
         if self._inbox is not None:
@@ -238,14 +258,26 @@ class Client:
         self.close()
 
 
-def save_outputs(result: JobResult, directory: str | os.PathLike[str]) -> list[Path]:
-    """Write a result's output files into ``directory``; return their paths."""
+def save_outputs(
+    result: JobResult, directory: str | os.PathLike[str], shared: Path | None = None
+) -> list[Path]:
+    """Write a result's output files into ``directory``; return their paths.
+
+    Outputs that came back by reference are copied from ``shared`` (the ``shared_storage``
+    directory), verified against their digests, and then removed from it.
+    """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for item in result.outputs:
         check_file_name(item.name, "output")
         path = target / item.name
-        path.write_bytes(item.data)
+        if item.ref:
+            path.unlink(missing_ok=True)
+            fetch(shared, item, path)
+        else:
+            path.write_bytes(item.data)
         paths.append(path)
+    if any(item.ref for item in result.outputs):
+        remove(shared, result.id, "out")
     return paths

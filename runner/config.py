@@ -40,6 +40,7 @@ class Settings:
     bindings: tuple[str, ...] = ()
     concurrency: int = 2
     inline_limit: int = 16 * 1024 * 1024
+    shared_storage: str = ""
     grace: float = 30.0
     max_redeliveries: int = 5
     wait_timeout: float | None = None
@@ -53,6 +54,7 @@ class Settings:
     notify: Mapping[str, Any] = field(default_factory=dict)
     sandbox: Mapping[str, Any] = field(default_factory=dict)
     signing: Mapping[str, Any] = field(default_factory=dict)
+    schedule: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -71,7 +73,7 @@ class Settings:
 
 
 _SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
-_TABLES = {"routes", "jobs", "notify", "sandbox", "signing"}
+_TABLES = {"schedule", "routes", "jobs", "notify", "sandbox", "signing"}
 
 
 def load(

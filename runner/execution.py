@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from runner import sandbox
 from runner.jobs import JobContext, JobType, parse_progress
 from runner.message import FileData, JobMessage, JobResult, JobStatus
+from runner.shared import fetch, store_output
 
 if TYPE_CHECKING:
     from runner.jail import Jail
@@ -72,18 +73,22 @@ def execute(
     jail: Jail | None = None,
     slot: int = 0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    shared: Path | None = None,
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
     With a ``jail`` the job runs in its sandbox, as the uid of job slot ``slot`` when the
     worker is root; without one, only the basic layer applies.  ``on_progress`` receives the
     progress records (:func:`runner.jobs.parse_progress`) the job reports while it runs.
+    ``shared`` is the shared storage directory: inputs sent by reference are copied from it,
+    and outputs past the inline limit go back through it.
     """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
         return _attempt(
-            job, message, params, base, worker, grace, output_limit, cancel, jail, slot, on_progress
+            job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
+            on_progress, shared,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -101,6 +106,7 @@ def _attempt(
     jail: Jail | None,
     slot: int,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    shared: Path | None = None,
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -120,7 +126,10 @@ def _attempt(
         if name in message.files:
             f = message.files[name]
             path = ctx.in_dir / f.name
-            path.write_bytes(f.data)
+            if f.ref:
+                fetch(shared, f, path)  # verified against the (signed) digest
+            else:
+                path.write_bytes(f.data)
             if owner is not None:
                 os.chown(path, owner, owner)
             args[name] = str(path)
@@ -202,7 +211,9 @@ def _attempt(
         return finish(Verdict.FATAL, done, error=f"killed: out of memory (limit {job.sandbox.memory} bytes)")
     if succeeded:
         try:
-            outputs = collect_outputs(ctx.out_dir, output_limit, owner)
+            outputs = collect_outputs(
+                ctx.out_dir, output_limit, owner, shared=shared, job_id=message.id
+            )
         except OutputTooLarge as exc:
             return finish(Verdict.FATAL, done, error=str(exc))
         value = outcome.get("value") if outcome else None
@@ -243,8 +254,17 @@ def _read_outcome(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def collect_outputs(out_dir: Path, limit: int, owner: int | None = None) -> tuple[FileData, ...]:
+def collect_outputs(
+    out_dir: Path,
+    limit: int,
+    owner: int | None = None,
+    shared: Path | None = None,
+    job_id: str = "",
+) -> tuple[FileData, ...]:
     """Regular files at the top of ``out/``, never following a symlink; at most ``limit`` bytes.
+
+    With ``shared`` storage, files past the inline ``limit`` go back by reference through it
+    instead of failing the job.
 
     Everything the job wrote is hostile: ``out/`` itself may have been replaced by a symlink,
     an entry may be a symlink or hard link to a file only the worker can read, or a FIFO that
@@ -278,6 +298,9 @@ def collect_outputs(out_dir: Path, limit: int, owner: int | None = None) -> tupl
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
                     log.warning("output %s skipped: not a regular file of the job's own", name)
+                    continue
+                if total + st.st_size > limit and shared is not None:
+                    files.append(store_output(shared, job_id, name, fh.fileno()))
                     continue
                 total += st.st_size
                 if total > limit:

@@ -46,28 +46,51 @@ class JobStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class FileData:
-    """A file travelling inline in a message."""
+    """A file in a message: inline (``data``), or by reference to shared storage (``ref``).
+
+    A reference is a path relative to the ``shared_storage`` directory, with the file's size
+    and sha256 (see :mod:`runner.shared`).
+    """
 
     name: str
-    data: bytes
+    data: bytes = b""
+    ref: str | None = None
+    ref_size: int = 0
+    ref_sha256: str = ""
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        return self.ref_sha256 if self.ref else hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self.ref_size if self.ref else len(self.data)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "size": len(self.data),
-            "sha256": self.sha256,
-            "data": base64.b64encode(self.data).decode("ascii"),
-        }
+        out: dict[str, Any] = {"name": self.name, "size": self.size, "sha256": self.sha256}
+        if self.ref:
+            out["ref"] = self.ref
+        else:
+            out["data"] = base64.b64encode(self.data).decode("ascii")
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> FileData:
         if not isinstance(obj, dict):
             raise MessageError(f"{where}: expected an object")
         name = check_file_name(obj.get("name"), where)
+        if "ref" in obj:
+            ref, size, sha = obj.get("ref"), obj.get("size"), obj.get("sha256")
+            parts = ref.split("/") if isinstance(ref, str) else []
+            if len(parts) != 3 or parts[1] not in ("in", "out"):
+                raise MessageError(f"{where}: ref must be <job id>/in|out/<name>")
+            for part in parts:
+                check_file_name(part, f"{where}.ref")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise MessageError(f"{where}: size must be a non-negative integer")
+            if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
+                raise MessageError(f"{where}: sha256 must be 64 hex digits")
+            return cls(name=name, ref=ref, ref_size=size, ref_sha256=sha)
         try:
             data = base64.b64decode(obj.get("data", ""), validate=True)
         except (binascii.Error, TypeError, ValueError) as exc:

@@ -234,7 +234,14 @@ class Worker:
                     job, message, params, root=self.workroot, worker=self.name,
                     output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
                     slot=slot, on_progress=self._progress_reporter(job, message, env),
+                    shared=Path(self.settings.shared_storage) if self.settings.shared_storage else None,
                 )
+            except MessageError as exc:
+                # An input on shared storage that differs from the (signed) message: never run.
+                attempt = Attempt(Verdict.FATAL, JobResult(
+                    id=message.id, job=job.name, status=JobStatus.FAILED,
+                    attempts=message.attempt, error=str(exc), worker=self.name,
+                ))
             except Exception as exc:
                 # The worker's side failed (disk full, missing tool): an ordinary failed attempt,
                 # so the retry policy and the dead-letter queue apply, never a silent loop.
