@@ -28,6 +28,8 @@ def _system_binds() -> list[str]:
             binds += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             binds += ["--ro-bind", str(path), str(path)]
+    # 0755 made explicit: as root, bwrap would create /etc 0700, closed to the slot uid.
+    binds += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC_FILES:
         binds += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     return binds
@@ -57,6 +59,7 @@ def command(
     network: bool,
     workdir: Path,
     read_only: Sequence[str] = (),
+    binds: Sequence[tuple[str, str]] = (),
     seccomp_fd: int | None = None,
     tmp_size: int | None = None,
     inner: Sequence[str] = (),
@@ -70,6 +73,8 @@ def command(
         network: keep the host network namespace.
         workdir: the job's directory: bound read-write at the same path, and the cwd.
         read_only: more host paths to bind read-only at the same path (interpreter, packages).
+        binds: ``(source, destination)`` read-only binds, after all others: a destination may
+            lie over a system bind (a file over one in ``/etc/ImageMagick-6``).
         seccomp_fd: descriptor of a compiled BPF filter, passed to the child.
         tmp_size: size cap of the private ``/tmp`` in bytes.
         inner: argv that runs inside the sandbox before the job's own (e.g. setpriv).
@@ -97,6 +102,8 @@ def command(
         if not path.startswith("/usr/"):
             argv += [*_parents(path, made), "--ro-bind", path, path]
     argv += [*_parents(str(workdir), made), "--bind", str(workdir), str(workdir)]
+    for source, destination in binds:
+        argv += [*_parents(destination, made), "--ro-bind", source, destination]
     argv += ["--chdir", str(workdir)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]

@@ -202,6 +202,7 @@ class Jail:
                     tools["bwrap"], mode=self.report.bwrap_mode,
                     disable_userns=self.report.bwrap_disable_userns, network=share_net,
                     workdir=workdir, read_only=bwrap.collapse([*self.read_only, *read_only]),
+                    binds=profile.binds,
                     seccomp_fd=seccomp_fd, tmp_size=profile.file_size,
                     inner=drop if root else (),
                 )

@@ -8,6 +8,7 @@ live with the worker's tests.)
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -20,10 +21,12 @@ from PIL import Image, ImageCms, ImageSequence
 
 import runner_media.plugin as runner_media
 from runner import Reject
+from runner.config import Settings
 from runner.errors import JobError
 from runner.jobs import JobContext, Registry
 from runner_media.geometry import draft_request, parse_size, plan
 from runner_media.resize import resize
+from runner_media.thumbnails import parse_sizes, thumbnails
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "fixtures" / "images"
@@ -361,7 +364,8 @@ def test_24_megapixel_images_fit_the_declared_memory_limit(tmp_path):
 
 def test_plugin_registers_a_valid_function_job():
     registry = Registry()
-    runner_media.register_jobs(register=lambda job: registry.register(job, "media"))
+    runner_media.register_jobs(register=lambda job: registry.register(job, "media"),
+                               settings=Settings())
 
     job = registry.get("resize")
     assert job.function == "runner_media.resize:resize" and job.inputs == ("image",)
@@ -388,3 +392,161 @@ def test_job_help_is_generated_from_the_declared_parameters():
 def test_size_parsing():
     assert parse_size("200x100") == (200, 100) == parse_size(" 200X100 ")
     assert plan((640, 427), (200, 200), "fill", "north").box == (106.5, 0.0, 533.5, 427.0)
+
+
+# --- thumbnails -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """Pillow's own decodes, counted where they happen (ImageFile.load with tiles to decode)."""
+    from PIL import ImageFile
+
+    seen: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def counting(self):
+        if self.tile:
+            seen.append(f"{self.format} {self.size}")
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return seen
+
+
+def thumbs(ctx: JobContext, source: Path, name: str | None = None, **params):
+    """Copy ``source`` into in/, make thumbnails; return the result and the opened outputs."""
+    image = ctx.in_dir / (name or source.name)
+    shutil.copyfile(source, image)
+    result = thumbnails(ctx, image=str(image), **params)
+    files = [entry["file"] for entry in result["files"]]
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == sorted(files)
+    outs = [Image.open(ctx.out_dir / name) for name in files]
+    for entry, out in zip(result["files"], outs, strict=True):
+        assert (entry["width"], entry["height"]) == out.size
+        assert entry["bytes"] == (ctx.out_dir / entry["file"]).stat().st_size
+    return result, outs
+
+
+def test_thumbnails_of_a_photo_in_every_size_from_one_decode(ctx, decodes):
+    result, outs = thumbs(ctx, IMAGES / "coffee.jpg", sizes="64x64,200x200,400x300")
+
+    assert [e["file"] for e in result["files"]] == [
+        "coffee_64x64.jpg", "coffee_200x200.jpg", "coffee_400x300.jpg"]
+    assert [o.size for o in outs] == [(64, 43), (200, 133), (400, 267)]
+    assert result["decodes"] == 1 and len(decodes) == 1
+    reference = Image.open(IMAGES / "coffee.jpg").convert("RGB")
+    for out in outs:
+        assert out.format == "JPEG" and mean_difference(out, reference.resize(out.size)) < 12
+
+
+def test_a_large_jpeg_is_decoded_once_at_the_scale_the_largest_size_needs(ctx, tmp_path, decodes):
+    # Given a 4000x3000 JPEG (red left, blue right)
+    big = Image.new("RGB", (4000, 3000), RED)
+    big.paste(BLUE, (2000, 0, 4000, 3000))
+    big.save(tmp_path / "big.jpg", quality=80)
+
+    result, outs = thumbs(ctx, tmp_path / "big.jpg", sizes="64x64,200x200,800x800", format="png")
+
+    # Then one decode, in draft mode at 1/2 (2000x1500 still has 2x the 800x600 needed)
+    assert result["decodes"] == 1 and decodes == ["JPEG (2000, 1500)"]
+    assert result["source"] == [4000, 3000] and result["decoded"] == [2000, 1500]
+    assert [o.size for o in outs] == [(64, 48), (200, 150), (800, 600)]
+    for out in outs:
+        w, h = out.size
+        assert near(out.getpixel((2, h // 2)), RED) and near(out.getpixel((w - 3, h // 2)), BLUE)
+
+
+@pytest.mark.parametrize("orientation", [2, 6, 8])
+def test_thumbnails_are_upright(ctx, orientation):
+    _, outs = thumbs(ctx, EDGE / f"orientation_{orientation}.jpg", sizes="48x48,24x24")
+
+    assert [o.size for o in outs] == [(48, 32), (24, 16)]
+    for out in outs:
+        for got, want in zip(corners(out), (RED, GREEN, BLUE, YELLOW), strict=True):
+            assert near(got, want, 40), (got, want)
+
+
+def test_thumbnails_fill_mode_metadata_and_colour(ctx):
+    result, outs = thumbs(ctx, EDGE / "gps.jpg", sizes="32x32,16x16", mode="fill", format="webp")
+
+    assert result["format"] == "webp" and [o.size for o in outs] == [(32, 32), (16, 16)]
+    for out in outs:
+        assert len(out.getexif()) == 0 and not {"exif", "xmp", "icc_profile"} & set(out.info)
+
+
+def test_thumbnails_convert_to_srgb_and_keep_alpha(ctx):
+    _, srgb = thumbs(ctx, EDGE / "adobe_rgb.png", sizes="32x16")
+    for path in ctx.out_dir.iterdir():
+        path.unlink()
+    _, alpha = thumbs(ctx, EDGE / "palette_alpha.png", sizes="32x16,16x8")
+
+    assert near(srgb[0].getpixel((4, 8)), (227, 100, 42), 2)
+    assert [o.convert("RGBA").getpixel((1, 1))[3] for o in alpha] == [0, 0]
+
+
+def test_thumbnails_of_an_animation_are_its_first_frame(ctx):
+    result, outs = thumbs(ctx, EDGE / "animated.gif", sizes="30x30")
+
+    assert result["files"][0]["file"] == "animated_30x30.png"
+    assert getattr(outs[0], "n_frames", 1) == 1 and near(outs[0].convert("RGB").getpixel((15, 10)), RED, 2)
+
+
+@pytest.mark.parametrize(("name", "reason"), sorted(REFUSALS.items()))
+def test_thumbnails_refuse_hostile_input(ctx, name, reason):
+    with pytest.raises(Reject) as caught:
+        thumbs(ctx, HOSTILE / name, sizes="32x32,64x64")
+
+    assert caught.value.reason.startswith(f"{name}: ") and reason in caught.value.reason
+    assert list(ctx.out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("sizes", "reason"),
+    [("", "at least one"), ("64x64,big", "is not WIDTHxHEIGHT"), ("0x5", "between 1 and 20000"),
+     (",".join(f"{n}x{n}" for n in range(1, 18)), "at most 16")],
+)
+def test_thumbnails_bad_sizes_are_rejected(ctx, sizes, reason):
+    with pytest.raises(Reject, match=reason):
+        thumbs(ctx, EDGE / "cmyk.jpg", sizes=sizes)
+
+
+def test_sizes_parse_in_order_without_duplicates():
+    assert parse_sizes("200x200, 64x64,200X200") == [(200, 200), (64, 64)]
+
+
+def test_thumbnails_declaration_canonicalises_sizes():
+    job = runner_media.THUMBNAILS
+
+    assert job.function == "runner_media.thumbnails:thumbnails" and job.inputs == ("image",)
+    assert job.validate({"sizes": "64x64, 0200x100"}, {"image": Path("a.jpg")}) == {
+        "image": "a.jpg", "sizes": "64x64,200x100", "mode": "fit", "format": None,
+        "quality": 85, "gravity": "center",
+    }
+    with pytest.raises(JobError, match="sizes"):
+        job.validate({"sizes": "64"}, {"image": Path("a.jpg")})
+
+
+def test_thumbnails_end_to_end_through_a_worker_and_rabbitmq(worker_process, route, tmp_path, cleanup_queues, amqp_url):
+    # Given a worker bound to a route and a real photo
+    cleanup_queues.append(f"test.{route}")
+    worker_process(f"test.{route}", [f"{route}.#"])
+    env = {**os.environ, "RUNNER_BROKER_URL": amqp_url, "RUNNER_PLUGINS": "jobs_plugin"}
+
+    # When thumbnails are asked for from the command line
+    done = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "submit", "thumbnails", "--sizes", "64x64,200x200",
+         "--mode", "fill", str(IMAGES / "rocket.jpg"), "--route", route, "--wait", "--json",
+         "--output-dir", str(tmp_path / "thumbs")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    # Then both come back at their sizes, from one decode in the sandboxed job
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert sorted(record["outputs"]) == [str(tmp_path / "thumbs" / f"rocket_{s}.jpg")
+                                         for s in ("200x200", "64x64")]
+    assert record["value"]["decodes"] == 1
+    for size in (64, 200):
+        with Image.open(tmp_path / "thumbs" / f"rocket_{size}x{size}.jpg") as out:
+            assert out.size == (size, size)

@@ -7,7 +7,9 @@ named in the refusal so that an operator reading the failure knows what was atte
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 # Pillow format name -> display name.  MPO (a JPEG with extra pictures) opens as JPEG.
 ALLOWED = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", "TIFF": "TIFF", "BMP": "BMP"}
@@ -56,6 +58,72 @@ def sniff_file(path: Path) -> str:
     """Sniff the format of the file at ``path``; see :func:`sniff`."""
     with path.open("rb") as fp:
         return sniff(fp.read(SNIFF_BYTES))
+
+
+def dimensions(path: Path, pillow_format: str) -> tuple[int, int] | None:
+    """Width and height as the header of a JPEG, PNG, GIF or WebP file states them.
+
+    Read from the bytes alone, without a decoder, so that a job can refuse a pixel flood
+    before any decoder runs.  ``None`` when the header does not say (a decoder's own limits
+    must then catch it).
+    """
+    with path.open("rb") as fp:
+        head = fp.read(64)
+        if pillow_format == "PNG" and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if pillow_format == "GIF" and len(head) >= 10:
+            return struct.unpack("<HH", head[6:10])
+        if pillow_format == "WEBP":
+            return _webp_size(head)
+        if pillow_format == "JPEG":
+            return _jpeg_size(fp)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        width = int.from_bytes(head[24:27], "little") + 1
+        return width, int.from_bytes(head[27:30], "little") + 1
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a" and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8, CC are not.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(fp: BinaryIO) -> tuple[int, int] | None:
+    """Walk the marker segments up to the first start-of-frame (at most 1 MiB in)."""
+    fp.seek(2)
+    while fp.tell() < 1 << 20:
+        byte = fp.read(1)
+        if byte != b"\xff":
+            return None
+        marker = fp.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = fp.read(1)
+        if not marker or marker[0] == 0xD9:
+            return None
+        if marker[0] in (0x01, *range(0xD0, 0xD8)):  # no length
+            continue
+        header = fp.read(2)
+        if len(header) < 2:
+            return None
+        length = struct.unpack(">H", header)[0]
+        if marker[0] in _SOF:
+            frame = fp.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        fp.seek(length - 2, 1)
+    return None
 
 
 def default_output(pillow_format: str) -> str:

@@ -1,19 +1,24 @@
 """First-party media jobs, written only against runner's public plugin API.
 
 Loading this plugin imports click and runner only; Pillow is imported by the job itself, in the
-worker's child interpreter.
+worker's child interpreter.  The ``convert`` job (ImageMagick) is registered only when an
+ImageMagick binary is found; otherwise ``runner plugins`` names what was tried.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from runner import JobType, RetryPolicy, SandboxProfile, hookimpl
+from runner_media import convert, magick
 from runner_media.geometry import GRAVITIES, MODES, parse_size
+from runner_media.thumbnails import MAX_SIZES, parse_sizes
 
-__all__ = ["RESIZE", "register_jobs"]
+__all__ = ["RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
 
 
 class SizeType(click.ParamType):
@@ -27,6 +32,26 @@ class SizeType(click.ParamType):
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
         return f"{width}x{height}"
+
+
+class _Checked(click.ParamType):
+    """A string checked (and made canonical) by one of the jobs' own parsers."""
+
+    def __init__(self, name: str, check: Callable[[str], Any], canonical: Callable[[Any], str]):
+        self.name = name
+        self._check = check
+        self._canonical = canonical
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return self._canonical(self._check(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZES = _Checked("WxH,...", parse_sizes, lambda sizes: ",".join(f"{w}x{h}" for w, h in sizes))
+RESIZE_GEOMETRY = _Checked("WxH[!^<>]", convert.parse_resize, str)
+CROP_GEOMETRY = _Checked("WxH+X+Y", convert.parse_crop, str)
 
 
 RESIZE = JobType(
@@ -69,7 +94,95 @@ RESIZE = JobType(
 )
 
 
+THUMBNAILS = JobType(
+    name="thumbnails",
+    help=(
+        "Several sizes of one image from a single decode (JPEG draft mode at the scale the "
+        "largest needs): EXIF orientation applied, sRGB, metadata stripped. An animation gives "
+        "thumbnails of its first frame. Writes <name>_<W>x<H>.<ext> for each size."
+    ),
+    params=(
+        click.Argument(["image"], type=click.Path(exists=True, dir_okay=False)),
+        click.Option(["--sizes"], type=SIZES, default="64x64,200x200,800x800", show_default=True,
+                     help=f"Comma-separated target boxes, WIDTHxHEIGHT (at most {MAX_SIZES})."),
+        click.Option(["--mode"], type=click.Choice(MODES), default="fit", show_default=True,
+                     help="fit: inside each box; fill: cover it and crop; exact: stretch."),
+        click.Option(["--format"], type=click.Choice(("jpeg", "png", "webp")), default=None,
+                     help="Output format [default: the input's; PNG for GIF, TIFF, BMP]."),
+        click.Option(["--quality"], type=click.IntRange(1, 100), default=85, show_default=True,
+                     help="JPEG/WebP quality."),
+        click.Option(["--gravity"], type=click.Choice(tuple(GRAVITIES)), default="center",
+                     show_default=True, help="Where --mode fill crops from."),
+    ),
+    function="runner_media.thumbnails:thumbnails",
+    inputs=("image",),
+    timeout=120.0,
+    retry=RESIZE.retry,
+    route="default",
+    sandbox=RESIZE.sandbox,
+)
+
+
+def convert_job(found: magick.ImageMagick) -> JobType:
+    """The ``convert`` job type, running the ImageMagick ``found`` at registration."""
+    radius = click.FloatRange(0, convert.MAX_RADIUS, min_open=True)
+    return JobType(
+        name="convert",
+        help=(
+            f"Convert an image (JPEG, PNG, GIF, WebP) with ImageMagick {found.version}: a fixed "
+            "set of operations, applied in this order: auto-orient, crop, rotate, flip, flop, "
+            "resize, colorspace, blur, sharpen, strip. Writes <name>_converted.<ext>."
+        ),
+        params=(
+            click.Argument(["image"], type=click.Path(exists=True, dir_okay=False)),
+            click.Option(["--crop"], type=CROP_GEOMETRY, help="Keep the box WIDTHxHEIGHT+X+Y."),
+            click.Option(["--rotate"], type=click.FloatRange(-360, 360),
+                         help="Rotate clockwise by DEGREES (-360..360)."),
+            click.Option(["--flip"], is_flag=True, help="Mirror top to bottom."),
+            click.Option(["--flop"], is_flag=True, help="Mirror left to right."),
+            click.Option(["--resize"], type=RESIZE_GEOMETRY,
+                         help="Fit in WIDTHxHEIGHT; suffix ! exact, ^ fill, > only shrink, "
+                              "< only enlarge."),
+            click.Option(["--colorspace"], type=click.Choice(convert.COLORSPACES),
+                         help="Convert the pixels to sRGB or grey."),
+            click.Option(["--blur"], type=radius, help="Gaussian blur of this radius (sigma)."),
+            click.Option(["--sharpen"], type=radius, help="Sharpen with this radius (sigma)."),
+            click.Option(["--strip"], is_flag=True, help="Remove metadata and profiles."),
+            click.Option(["--quality"], type=click.IntRange(1, 100), help="JPEG/WebP quality."),
+            click.Option(["--format"], type=click.Choice(convert.OUTPUTS),
+                         help="Output format [default: the input's]."),
+        ),
+        argv=functools.partial(convert.argv, magick=found),
+        inputs=("image",),
+        timeout=120.0,
+        # Exit 1 is ImageMagick refusing or failing on the input, 65 our own refusal: both
+        # fail the same way again.  Signals (out of memory, timeout) get one more attempt.
+        retry=RetryPolicy(attempts=2, backoff=5.0, fatal_on_exit=(1, convert.REFUSED)),
+        route="default",
+        sandbox=SandboxProfile(
+            network=False,
+            memory=1 << 30,  # the policy caps the pixel cache at 256 MiB + 512 MiB mapped
+            cpu_seconds=180,
+            processes=64,
+            file_size=1 << 30,  # the policy's disk limit: pixel cache spilled to tmp/
+            binds=found.binds(),
+        ),
+    )
+
+
 @hookimpl
-def register_jobs(register: Any) -> None:
-    """Register the media job types."""
+def register_jobs(register: Any, settings: Any) -> None:
+    """Register the media job types; ``convert`` only where ImageMagick is found.
+
+    Raises:
+        magick.NotFound: after registering the others, so ``runner plugins`` says why
+            ``convert`` is missing.
+    """
     register(RESIZE)
+    register(THUMBNAILS)
+    table = settings.jobs.get("convert", {}) if settings is not None else {}
+    try:
+        found = magick.find(table.get("binary"))
+    except magick.NotFound as exc:
+        raise magick.NotFound(f"job 'convert' not registered: {exc}") from None
+    register(convert_job(found))
