@@ -295,6 +295,29 @@ SQLITE_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "busy_timeout": float,
     "synchronous": str.upper,
 }
+    # --- leadership and records (runner beat): not abstract either --------------------------
+    def acquire_leader(self, name: str, ttl: float = 10.0) -> bool:
+        """Take or keep the leadership ``name``; ``True`` while this broker object holds it.
+
+        Holder and standbys call it periodically (every few seconds, well within ``ttl``): the
+        holder keeps it, a standby takes over once the holder is gone.  amqp: an exclusive
+        queue ``name`` on this connection (gone when the connection closes); sqlite: a lease
+        row that lapses ``ttl`` seconds after the holder's last call.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not elect leaders")
+
+    def release_leader(self, name: str) -> None:
+        """Give up the leadership ``name`` if this object holds it."""
+        raise NotImplementedError(f"{type(self).__name__} does not elect leaders")
+
+    def load_record(self, name: str) -> bytes | None:
+        """The body last stored under ``name`` by :meth:`store_record` (``None``: none yet)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep records")
+
+    def store_record(self, name: str, body: bytes) -> None:
+        """Durably replace the record ``name``; returns once the broker has it."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep records")
+
 
 
 def _url_options(query: str, known: Mapping[str, Callable[[str], Any]]) -> dict[str, Any]:

@@ -147,6 +147,9 @@ from runner.cli_control import control, revoke  # noqa: E402
 
 cli.add_command(control)
 cli.add_command(revoke)
+from runner.cli_beat import beat  # noqa: E402
+
+cli.add_command(beat)
 
 
 def main() -> None:

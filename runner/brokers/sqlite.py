@@ -413,6 +413,35 @@ class SqliteBroker(Broker):
             db.execute("DELETE FROM revoked WHERE until <= ?", (time.time(),))
             return {job_id: until for job_id, until in db.execute("SELECT job_id, until FROM revoked")}
 
+    # --- leadership and records (runner beat) ----------------------------------------------
+    def acquire_leader(self, name: str, ttl: float = 10.0) -> bool:
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO leaders (name, holder, until) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET holder = excluded.holder, until = excluded.until "
+                "WHERE leaders.holder = excluded.holder OR leaders.until < ?",
+                (name, self._owner, now + ttl, now),
+            )
+            row = db.execute("SELECT holder FROM leaders WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0] == self._owner)
+
+    def release_leader(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM leaders WHERE name = ? AND holder = ?", (name, self._owner))
+
+    def load_record(self, name: str) -> bytes | None:
+        rows = self._read("SELECT body FROM records WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
+    def store_record(self, name: str, body: bytes) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO records (name, body) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                (name, body),
+            )
+
     # --- remote control -------------------------------------------------------------------
     def broadcast(self, envelope: Envelope, gather: float = 0.0) -> list[Envelope]:
         inbox = self.reply_inbox() if gather > 0 else None

@@ -19,6 +19,8 @@ Tables (schema version 1, ``PRAGMA user_version``):
   consumer reads the rows after the newest one it saw when it started (no deletes per reader).
   Added to schema 1 like the event tables.
 * ``revoked``: revoked job ids and until when the revocation holds (``runner revoke``).
+* ``leaders`` (a lease per leadership: holder, until when) and ``records`` (named small
+  bodies, last value wins): ``runner beat``'s leader lock and its last fired slots.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ CREATE INDEX IF NOT EXISTS events_queue ON events (queue, id);
 CREATE TABLE IF NOT EXISTS revoked (job_id TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS control (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sent_at REAL NOT NULL, {_ENVELOPE_DDL});
+CREATE TABLE IF NOT EXISTS leaders (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS records (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
 CONTROL_KEEP = 300.0  # seconds a broadcast stays readable (consumers poll far more often)
 
