@@ -277,24 +277,6 @@ class Broker(abc.ABC):
         """Every revocation in force: job id -> until when (epoch seconds)."""
         raise NotImplementedError(f"{type(self).__name__} does not keep revocations")
 
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Close connections; the object is unusable afterwards."""
-
-    def __enter__(self) -> Broker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# Tuning the embedded broker from its URL: sqlite:///path?lease=10&poll_interval=0.05
-SQLITE_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "lease": float,
-    "poll_interval": float,
-    "busy_timeout": float,
-    "synchronous": str.upper,
-}
     # --- leadership and records (runner beat): not abstract either --------------------------
     def acquire_leader(self, name: str, ttl: float = 10.0) -> bool:
         """Take or keep the leadership ``name``; ``True`` while this broker object holds it.
@@ -318,6 +300,24 @@ SQLITE_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
         """Durably replace the record ``name``; returns once the broker has it."""
         raise NotImplementedError(f"{type(self).__name__} does not keep records")
 
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close connections; the object is unusable afterwards."""
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Tuning the embedded broker from its URL: sqlite:///path?lease=10&poll_interval=0.05
+SQLITE_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "lease": float,
+    "poll_interval": float,
+    "busy_timeout": float,
+    "synchronous": str.upper,
+}
 
 
 def _url_options(query: str, known: Mapping[str, Callable[[str], Any]]) -> dict[str, Any]:

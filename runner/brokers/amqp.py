@@ -148,6 +148,7 @@ class AmqpBroker(Broker):
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
         self._inboxes: list[_AmqpInbox] = []
+        self._leaders: dict[str, int] = {}  # leadership name -> connection generation holding it
 
     # --- connection -------------------------------------------------------------------------
     def _channel(self) -> BlockingChannel:
@@ -156,7 +157,6 @@ class AmqpBroker(Broker):
         assert self._ch is not None
         return self._ch
 
-        self._leaders: dict[str, int] = {}  # leadership name -> connection generation holding it
     def _reconnect(self, give_up_after: float | None) -> None:
         self._drop_connection()
 
@@ -664,6 +664,54 @@ class AmqpBroker(Broker):
         self._cancel_consumer()
 
 
+    # --- leadership and records (runner beat) ----------------------------------------------
+    def acquire_leader(self, name: str, ttl: float = 10.0) -> bool:
+        # An exclusive queue lives exactly as long as the connection that declared it, so
+        # RabbitMQ itself hands the lock over when the holder's connection dies; ttl is unused.
+        def attempt() -> bool:
+            ch = self._channel()
+            if self._leaders.get(name) == self._generation:
+                ch.connection.process_data_events(time_limit=0)  # heartbeats; fails if gone
+                return True
+            probe = ch.connection.channel()  # a refusal (405) closes the channel it came on
+            try:
+                probe.queue_declare(name, exclusive=True, auto_delete=True)
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code == 405:  # RESOURCE_LOCKED: another connection holds it
+                    return False
+                raise
+            probe.close()
+            self._leaders[name] = self._generation
+            return True
+
+        return bool(self._translate(attempt, retry=True))
+
+    def release_leader(self, name: str) -> None:
+        if self._leaders.pop(name, None) == self._generation and self._ch is not None:
+            self._translate(lambda: self._channel().queue_delete(name))
+
+    def load_record(self, name: str) -> bytes | None:
+        def read() -> bytes | None:
+            ch = self._channel().connection.channel()  # closing it puts the message back
+            try:
+                ch.queue_declare(name, durable=True, arguments=_RECORD_ARGS)
+                method, _props, body = ch.basic_get(name)
+                return None if method is None else bytes(body)
+            finally:
+                if ch.is_open:
+                    ch.close()
+
+        return self._translate(read, retry=True)  # type: ignore[no-any-return]
+
+    def store_record(self, name: str, body: bytes) -> None:
+        def store() -> None:
+            ch = self._channel()
+            ch.queue_declare(name, durable=True, arguments=_RECORD_ARGS)
+            props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+            ch.basic_publish("", name, body, props, mandatory=True)
+
+        self._translate(store, retry=True)
+
     # --- revocations ----------------------------------------------------------------------
     def record_revocations(self, job_ids: Sequence[str], ttl: float) -> None:
         until = time.time() + ttl
@@ -745,54 +793,6 @@ class _AmqpInbox(ReplyInbox):
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return None
-    # --- leadership and records (runner beat) ----------------------------------------------
-    def acquire_leader(self, name: str, ttl: float = 10.0) -> bool:
-        # An exclusive queue lives exactly as long as the connection that declared it, so
-        # RabbitMQ itself hands the lock over when the holder's connection dies; ttl is unused.
-        def attempt() -> bool:
-            ch = self._channel()
-            if self._leaders.get(name) == self._generation:
-                ch.connection.process_data_events(time_limit=0)  # heartbeats; fails if gone
-                return True
-            probe = ch.connection.channel()  # a refusal (405) closes the channel it came on
-            try:
-                probe.queue_declare(name, exclusive=True, auto_delete=True)
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code == 405:  # RESOURCE_LOCKED: another connection holds it
-                    return False
-                raise
-            probe.close()
-            self._leaders[name] = self._generation
-            return True
-
-        return bool(self._translate(attempt, retry=True))
-
-    def release_leader(self, name: str) -> None:
-        if self._leaders.pop(name, None) == self._generation and self._ch is not None:
-            self._translate(lambda: self._channel().queue_delete(name))
-
-    def load_record(self, name: str) -> bytes | None:
-        def read() -> bytes | None:
-            ch = self._channel().connection.channel()  # closing it puts the message back
-            try:
-                ch.queue_declare(name, durable=True, arguments=_RECORD_ARGS)
-                method, _props, body = ch.basic_get(name)
-                return None if method is None else bytes(body)
-            finally:
-                if ch.is_open:
-                    ch.close()
-
-        return self._translate(read, retry=True)  # type: ignore[no-any-return]
-
-    def store_record(self, name: str, body: bytes) -> None:
-        def store() -> None:
-            ch = self._channel()
-            ch.queue_declare(name, durable=True, arguments=_RECORD_ARGS)
-            props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-            ch.basic_publish("", name, body, props, mandatory=True)
-
-        self._translate(store, retry=True)
-
             try:
                 conn.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
             except CONNECTION_ERRORS as exc:
