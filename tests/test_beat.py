@@ -237,3 +237,30 @@ def test_two_beat_processes_fire_each_slot_exactly_once(transport, request, tmp_
     assert len(ids) == len(set(ids)), f"a slot fired twice: {ids}"
     assert codes == [0, 0]
     assert all(b.leads() for b in beats), "the standby never took over"
+
+
+# --- the command line -------------------------------------------------------------------------
+def run_beat(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "runner.toml").write_text(config)
+    env = {**os.environ, "RUNNER_CONFIG": str(tmp_path / "runner.toml"),
+           "RUNNER_BROKER_URL": f"sqlite:///{tmp_path / 'b.sqlite3'}"}
+    return subprocess.run([sys.executable, "-m", "runner.cli", "beat", *args], env=env,
+                          cwd=str(TESTS), capture_output=True, text=True, timeout=60)
+
+
+def test_list_shows_the_next_three_runs_local_and_utc(tmp_path):
+    config = '[schedule.nightly]\njob = "echo"\ncron = "30 2 * * *"\ntimezone = "Europe/Berlin"\n'
+    out = run_beat(tmp_path, config, "--list")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "nightly: echo, cron '30 2 * * *', Europe/Berlin, missed=skip"
+    assert len(lines) == 4 and all(" 02:30:00" in l.replace("T", " ") for l in lines[1:])
+    rows = json.loads(run_beat(tmp_path, config, "--list", "--json").stdout)
+    assert rows[0]["name"] == "nightly" and len(rows[0]["next"]) == 3
+    assert all(r["utc"].endswith(("00:30:00Z", "01:30:00Z")) for r in rows[0]["next"])
+
+
+def test_a_bad_cron_is_one_red_line_and_exit_3(tmp_path):
+    out = run_beat(tmp_path, '[schedule.nightly]\njob = "echo"\ncron = "61 * * * *"\n', "--list")
+    assert out.returncode == 3
+    assert out.stderr.strip() == "error: [schedule.nightly]: cron '61 * * * *' is not valid: Bad minute"

@@ -696,7 +696,7 @@ class AmqpBroker(Broker):
             try:
                 ch.queue_declare(name, durable=True, arguments=_RECORD_ARGS)
                 method, _props, body = ch.basic_get(name)
-                return None if method is None else bytes(body)
+                return None if method is None else bytes(body)  # type: ignore[arg-type]
             finally:
                 if ch.is_open:
                     ch.close()
