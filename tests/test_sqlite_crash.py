@@ -22,7 +22,7 @@ KILLS = 6
 def test_random_sigkills_lose_no_job(tmp_path, plugins):
     # Given three worker processes sharing one embedded broker file (short leases, so the jobs
     # of a killed worker come back quickly)
-    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}?lease=1.5&poll_interval=0.05"
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}?lease=4&poll_interval=0.05"
     route = "crash"
     env = {
         **os.environ, "RUNNER_BROKER_URL": url, "RUNNER_PLUGINS": "jobs_plugin",
