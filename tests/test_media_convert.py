@@ -377,11 +377,8 @@ def canary() -> Iterator[Path]:
     folder.rmdir()
 
 
-def in_sandbox(job: JobType, jail, script: str, *args: str) -> Attempt:
+def in_sandbox(found: magick.ImageMagick, job: JobType, jail, script: str, *args: str) -> Attempt:
     """Run ``sh -c script`` with the convert job's environment prefix and sandbox profile."""
-    from runner_media.magick import ImageMagick
-
-    found = ImageMagick(binary="", version="6")
     shell = JobType(
         name="convert-probe", retry=RetryPolicy(attempts=1), sandbox=job.sandbox,
         argv=lambda p, ctx: [*found.environment(ctx.tmp_dir), "/bin/sh", "-c", script, "sh", *args],
@@ -414,7 +411,7 @@ def test_forcing_a_refused_coder_is_stopped_by_the_policy(found, job, jail, cana
     source = f"label:@{canary}/secret.txt" if coder == "label" else f"{coder}:payload"
 
     # When ImageMagick runs it inside the convert job's sandbox and environment
-    attempt = in_sandbox(job, jail, 'printf "%s" "$1" > payload; "$2" "$3" out.png; echo "rc=$?"; '
+    attempt = in_sandbox(found, job, jail, 'printf "%s" "$1" > payload; "$2" "$3" out.png; echo "rc=$?"; '
                          'ls out.png 2>/dev/null || echo "no output"', payload, found.binary, source)
 
     # Then the policy refuses it (a refused module is not even a coder name any more) and the
@@ -429,7 +426,7 @@ def test_forcing_a_refused_coder_is_stopped_by_the_policy(found, job, jail, cana
 def test_inside_the_job_home_is_not_writable_and_the_system_policy_is_ours(found, job, jail):
     # When the job looks at its own environment and policy files
     attempt = in_sandbox(
-        job, jail,
+        found, job, jail,
         'echo "HOME=$HOME"; mkdir -p "$HOME/.config/ImageMagick" && echo "home writable"; '
         'cat /etc/ImageMagick-$1/policy.xml > tmp/system-policy.xml || echo "no system policy"; '
         'echo x >> /etc/ImageMagick-$1/policy.xml && echo "policy writable"; '
