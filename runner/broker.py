@@ -183,6 +183,24 @@ class Broker(abc.ABC):
         broker delivers it again.
         """
 
+    #: True when a delivery must not stay unsettled for long (RabbitMQ's ``consumer_timeout``):
+    #: the worker then hands long jobs over with :meth:`hand_over` (docs/fleet.md).  The sqlite
+    #: broker renews its leases itself and keeps the default ``False``.
+    needs_handover: bool = False
+
+    def hand_over(self, delivery: Delivery, guard: Outgoing) -> Future[None]:
+        """Publish ``guard`` (confirmed), then acknowledge ``delivery`` while its job runs on;
+        thread-safe.
+
+        ``guard`` is a copy of the job (``Target.JOBS`` with a delay) that brings it back if
+        the worker dies.  Afterwards the delivery is *handed over*: it keeps its slot, a
+        further ``hand_over`` only publishes another guard, and :meth:`settle` only publishes
+        (``requeue`` publishes a fresh copy) since there is nothing left to acknowledge.  The
+        future fails with nothing acknowledged if the guard could not be published, or (for
+        a delivery not yet handed over) if its connection was lost.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not hand deliveries over")
+
     @abc.abstractmethod
     def reply_now(self, envelope: Envelope) -> None:
         """Send a reply (``envelope.routing_key`` is the address) while a job still runs.

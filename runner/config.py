@@ -45,6 +45,7 @@ class Settings:
     max_redeliveries: int = 5
     wait_timeout: float | None = None
     revoke_expiry: float = 30 * 86400.0
+    handover_after: float = 1200.0  # RabbitMQ: hand a running job's delivery over (0: never)
     workdir: str = ""
     load_plugins: tuple[str, ...] | None = None
     plugins: tuple[str, ...] = ()
@@ -172,7 +173,7 @@ def _convert(key: str, raw: Any, where: str) -> Any:
             if value < (1 if key == "concurrency" else 0):
                 raise ValueError
             return value
-        if key in ("grace", "wait_timeout", "revoke_expiry"):
+        if key in ("grace", "wait_timeout", "revoke_expiry", "handover_after"):
             return parse_duration(raw, where)
         if key == "inline_limit":
             return parse_size(raw, where)

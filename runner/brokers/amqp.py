@@ -122,6 +122,8 @@ class AmqpBroker(Broker):
         queue_type: ``classic`` (with priorities) or ``quorum``.
     """
 
+    needs_handover = True  # RabbitMQ's consumer_timeout takes back deliveries held too long
+
     def __init__(
         self,
         url: str,
@@ -144,6 +146,12 @@ class AmqpBroker(Broker):
         self._delay_declared: dict[str, float] = {}
         self._stopping = threading.Event()
         self._unsettled = 0
+        # Deliveries handed over (acknowledged, a guard copy parked) whose jobs still run: they
+        # outlive reconnects, keep a slot busy (prefetch is lowered by their number) and keep
+        # :meth:`consume` serving until their outcome is published.
+        self._detached: set[_Tag] = set()
+        self._prefetch = 0
+        self._restart_consumer: Callable[[], None] | None = None
         self._replies: dict[str, Envelope] = {}
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
@@ -334,7 +342,7 @@ class AmqpBroker(Broker):
                 self._consume_once(queue, prefetch, on_delivery)
                 return
             except CONNECTION_ERRORS + (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
-                if self._stopping.is_set():
+                if self._stopping.is_set() and not self._detached:
                     log.info("connection lost while stopping (%s); unsettled jobs requeue", exc)
                     return
                 log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
@@ -348,8 +356,8 @@ class AmqpBroker(Broker):
         self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
     ) -> None:
         ch = self._channel()
-        ch.basic_qos(prefetch_count=prefetch)
         generation = self._generation
+        self._prefetch = prefetch
 
         def on_message(
             _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
@@ -363,12 +371,24 @@ class AmqpBroker(Broker):
             redelivered = bool(method.redelivered) or int(env.headers.get(H_DELIVERIES, 0)) > 0
             on_delivery(Delivery(env, redelivered, queue, tag))
 
-        self._consumer = (ch, ch.basic_consume(queue, on_message))
+        def start() -> None:
+            # Slots held by handed-over jobs are not offered to RabbitMQ: prefetch applies to a
+            # consumer when it starts, so the consumer is restarted whenever that number changes.
+            self._cancel_consumer()
+            window = self._prefetch - len(self._detached)
+            if window > 0 and not self._stopping.is_set() and ch.is_open:
+                ch.basic_qos(prefetch_count=window)
+                self._consumer = (ch, ch.basic_consume(queue, on_message))
+
+        self._restart_consumer = start
+        start()
         while True:
             self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
+            if not ch.is_open:  # closed by RabbitMQ (e.g. consumer_timeout): pika does not raise
+                raise pe.ChannelWrongStateError("the channel was closed by RabbitMQ")
             if self._stopping.is_set():
                 self._cancel_consumer()
-                if self._unsettled <= 0:
+                if self._unsettled <= 0 and not self._detached:
                     return
 
     def _cancel_consumer(self) -> None:
@@ -422,6 +442,9 @@ class AmqpBroker(Broker):
         tag: _Tag = delivery.tag
 
         def work() -> None:
+            if tag in self._detached:
+                self._settle_detached(delivery, outgoing, requeue, future)
+                return
             try:
                 if tag.generation != self._generation or self._ch is None:
                     raise StaleDelivery(
@@ -450,6 +473,66 @@ class AmqpBroker(Broker):
             conn.add_callback_threadsafe(work)
         except Exception as exc:
             future.set_exception(StaleDelivery(f"cannot settle: {exc}"))
+        return future
+
+    def _settle_detached(
+        self, delivery: Delivery, outgoing: Sequence[Outgoing], requeue: bool, future: Future[None]
+    ) -> None:
+        """Settle a handed-over delivery: publish only (it was acknowledged at the handover)."""
+        try:
+            if self._ch is None or not self._ch.is_open:
+                raise StaleDelivery("not connected to RabbitMQ; the guard copy is still parked")
+            for out in outgoing:
+                self._send(delivery.queue, out)
+            if requeue:
+                self._publish_raw("", delivery.queue, delivery.envelope, True)
+        except BaseException as exc:  # noqa: BLE001 - reported through the future
+            future.set_exception(exc)
+            return
+        self._detached.discard(delivery.tag)
+        if self._restart_consumer is not None and not self._stopping.is_set():
+            try:
+                self._restart_consumer()
+            except Exception:  # the channel is going away: the consume loop reconnects
+                log.debug("could not restart the consumer", exc_info=True)
+        future.set_result(None)
+
+    def hand_over(self, delivery: Delivery, guard: Outgoing) -> Future[None]:
+        future: Future[None] = Future()
+        tag: _Tag = delivery.tag
+
+        def work() -> None:
+            detached = tag in self._detached
+            try:
+                if not detached and (tag.generation != self._generation or self._ch is None):
+                    raise StaleDelivery(
+                        f"the connection of delivery {delivery.envelope.message_id} was lost; "
+                        "RabbitMQ delivers it again"
+                    )
+                if self._ch is None or not self._ch.is_open:
+                    raise StaleDelivery("not connected to RabbitMQ")
+                self._send(delivery.queue, guard)  # confirmed before the original goes
+                if not detached:
+                    self._ch.basic_ack(tag.delivery_tag)
+                    self._unsettled -= 1
+                    self._detached.add(tag)
+            except BaseException as exc:  # noqa: BLE001 - reported through the future
+                future.set_exception(exc)
+                return
+            future.set_result(None)
+            if not detached and self._restart_consumer is not None and not self._stopping.is_set():
+                try:
+                    self._restart_consumer()
+                except Exception:  # the channel is going away: the consume loop reconnects
+                    log.debug("could not restart the consumer", exc_info=True)
+
+        conn = self._conn
+        try:
+            if conn is None:
+                raise StaleDelivery("not connected")
+            conn.add_callback_threadsafe(work)
+        except Exception as exc:
+            future.set_exception(StaleDelivery(f"cannot hand over: {exc}"))
         return future
 
     def reply_now(self, envelope: Envelope) -> None:
