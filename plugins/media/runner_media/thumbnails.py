@@ -119,7 +119,7 @@ def _decode_once(
         request = (max(r[0] for r in requests), max(r[1] for r in requests))
         if request[0] < width and request[1] < height:
             img.draft(img.mode, request)
-    decodes = 1 if img.tile else 0  # pixels not yet decoded
+    decodes = 1 if getattr(img, "tile", None) else 0  # pixels not yet decoded
     img.load()
     decoded = img.size
     ImageOps.exif_transpose(img, in_place=True)
