@@ -35,6 +35,11 @@ def job_started(job: Any, message: Any, worker: Any) -> None:
 
 
 @hookimpl
+def job_progress(job: Any, message: Any, progress: Any, worker: Any) -> None:
+    EMITTER.job_progress(job, message, progress, worker)
+
+
+@hookimpl
 def job_succeeded(job: Any, message: Any, result: Any, worker: Any) -> None:
     EMITTER.job_succeeded(job, message, result, worker)
 

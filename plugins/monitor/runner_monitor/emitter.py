@@ -58,12 +58,22 @@ class Emitter:
             "job.received",
             **base,
             params=ev.redact(_declared_order(job, message.params), job),
-            files=[{"name": f.name, "size": len(f.data)} for f in message.files.values()],
+            files=[{"name": f.name, "size": f.size} for f in message.files.values()],
             options={**message.options.to_json(), "attempts": allowed},
             created_at=message.created_at,
             history=list(message.history),
         )
         out.emit("job.started", **base)
+
+    @hookimpl
+    def job_progress(self, job: Any, message: Any, progress: Any, worker: Any) -> None:
+        out = self.events_of(worker)
+        out.emit(
+            "job.progress",
+            **_job_fields(job.name, message, out.queue),
+            **{k: progress[k] for k in ("percent", "done", "total") if k in progress},
+            message=ev.scrub(progress.get("message", ""), ev.secret_values(message.params, job)),
+        )
 
     @hookimpl
     def job_succeeded(self, job: Any, message: Any, result: Any, worker: Any) -> None:
@@ -73,7 +83,7 @@ class Emitter:
             **_job_fields(job.name, message, out.queue),
             **_result_fields(result, ev.secret_values(message.params, job)),
             value=ev.small_value(result.value),
-            outputs=[{"name": f.name, "size": len(f.data), "sha256": f.sha256}
+            outputs=[{"name": f.name, "size": f.size, "sha256": f.sha256}
                      for f in result.outputs],
         )
         out.job_done(message.id)

@@ -20,9 +20,9 @@ from runner.errors import MessageError
 
 SCHEMA = 1
 H_EVENT_SCHEMA = "x-runner-event-schema"
-JOB_STATES = ("received", "started", "succeeded", "failed", "retried", "dead")
+JOB_STATES = ("received", "started", "progress", "succeeded", "failed", "retried", "dead")
 WORKER_STATES = ("online", "heartbeat", "offline")
-FUTURE_JOB_STATES = ("progress", "revoked")  # named in the protocol; the core has no hook yet
+FUTURE_JOB_STATES = ("revoked",)  # named in the protocol; the core has no hook yet
 
 # Caps keep one event small whatever a job prints or returns.
 TRACEBACK_CAP = 16 * 1024

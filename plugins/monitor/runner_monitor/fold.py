@@ -19,7 +19,8 @@ def fold(db: sqlite3.Connection, e: Mapping[str, Any]) -> None:
     name = str(e["event"])
     if name.startswith("worker."):
         _fold_worker(db, name.split(".", 1)[1], e)
-    elif name.startswith("job.") and e.get("job_id"):
+    elif name.startswith("job.") and e.get("job_id") and name != "job.progress":
+        # Progress is live information for whoever follows the events; the history keeps states.
         _fold_job(db, name.split(".", 1)[1], e)
 
 
