@@ -124,8 +124,15 @@ def webhook_env(amqp_url, settings_factory, route, webhook_table):
 
 
 def spool_entries(table) -> list[dict]:
+    """What the spool holds now; a file the sender removes while we look is gone, not an error."""
     root = Path(table["spool_dir"])
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))] if root.exists() else []
+    entries = []
+    for path in sorted(root.glob("*.json")) if root.exists() else []:
+        try:
+            entries.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            continue
+    return entries
 
 
 def wait_until(predicate, timeout: float = 30, what: str = "condition"):
