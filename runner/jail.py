@@ -142,6 +142,9 @@ class Jail:
                 self.notes["uid"] = f"{blocked} is closed to other uids (no bwrap to bind around it)"
         if "network" in self.layers and "bwrap" not in self.layers and not report.unshare_net:
             self.layers.discard("network")
+        if "bwrap" in self.layers and "landlock" in self.layers:
+            self.layers.discard("landlock")
+            self.notes["landlock"] = "not needed: bwrap confines the file system"
         required = _names(config.get("require", ()), "require")
         missing = check_required(report, required) + [n for n in required if n not in self.layers]
         if missing:
@@ -215,6 +218,11 @@ class Jail:
                     chain += [*base, "--pdeathsig", "KILL", "--"]
                 if isolate and not self.report.root:
                     chain += [*self.report.unshare_net, "--"]
+                if "landlock" in self.layers:
+                    chain += landlock_chain(
+                        workdir, [*self.read_only, *read_only, *profile_sources(profile)],
+                        no_tcp=not profile.network,
+                    )
         except BaseException:
             launch.close()
             if launch.cgroup is not None:
@@ -262,3 +270,31 @@ def _names(value: Any, where: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"[sandbox] {where}: expected a list of layer names")
     return list(value)
+
+
+LANDLOCK_SHIM = str(Path(__file__).resolve().parent / "landlock.py")
+# System paths a job may read and execute under Landlock (the same view bwrap gives).
+LANDLOCK_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/dev/urandom", "/dev/random", "/dev/zero", "/proc/self", "/proc/cpuinfo",
+                 "/proc/meminfo")
+
+
+def landlock_chain(workdir: Path, read_only: Sequence[str], no_tcp: bool) -> list[str]:
+    """The Landlock shim: only the work dir writable, the system and ``read_only`` readable.
+
+    The shim is a stdlib-only script run by the system interpreter when there is one (a slot
+    uid may not reach a Python under ``/root``).
+    """
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    etc = [f"/etc/{name}" for name in bwrap.ETC_FILES]
+    if not no_tcp:
+        etc += [f"/etc/{name}" for name in bwrap.NETWORK_ETC_FILES]
+    chain = [python, "-I", "-S", LANDLOCK_SHIM, "--rw", str(workdir), "--rw", "/dev/null"]
+    for path in (*LANDLOCK_READ, *etc, *read_only):
+        chain += ["--ro", str(path)]
+    return [*chain, *(["--no-tcp"] if no_tcp else []), "--"]
+
+
+def profile_sources(profile: SandboxProfile) -> list[str]:
+    """Read-only sources a job type's profile asks for (its ``binds``)."""
+    return [source for source, _dest in getattr(profile, "binds", ())]

@@ -189,8 +189,8 @@ def probe() -> HostReport:
         cgroup.remove_stale(cg_host)
 
     abi = _landlock_abi()
-    put("landlock", False, f"kernel ABI {abi} available but not applied (runner confines the file "
-        "system with bwrap; no Landlock fallback yet)" if abi else "not supported by this kernel")
+    put("landlock", abi > 0, f"Landlock ABI {abi}: confines the file system (and TCP from ABI 4) "
+        "where bwrap is not used" if abi else "not supported by this kernel")
     put("subreaper", True, "the worker adopts and reaps orphaned job processes")
     put("nondumpable", True, "the worker's memory and /proc/<pid>/environ are closed to same-uid jobs")
     return HostReport(

@@ -37,12 +37,12 @@ def test_doctor_reports_every_layer_with_a_reason():
     # This machine kind (root, bubblewrap, writable cgroups): the strong layers are on
     assert {"uid", "bwrap", "seccomp", "cgroup", "network"} <= set(report["active"])
     text = runner_cli("doctor").stdout
-    assert "active       bwrap" in text and "unavailable  landlock" in text
+    assert "active       bwrap" in text and "active       landlock" in text
 
 
 def test_a_missing_required_layer_stops_doctor_and_the_worker(tmp_path, amqp_url):
     config = tmp_path / "runner.toml"
-    config.write_text('[sandbox]\nrequire = ["bwrap", "landlock"]\n')
+    config.write_text('[sandbox]\nrequire = ["bwrap", "landlock"]\ndisable = ["landlock"]\n')
     proc = runner_cli("doctor", config=str(config))
     assert proc.returncode == 3 and "required sandbox layers not active: landlock" in proc.stderr
     env_config = str(config)
@@ -52,7 +52,7 @@ def test_a_missing_required_layer_stops_doctor_and_the_worker(tmp_path, amqp_url
         capture_output=True, text=True, timeout=60,
     )
     assert worker.returncode == 3
-    assert "require names layers that are not active here: landlock: kernel ABI" in worker.stderr
+    assert "require names layers that are not active here: landlock: disabled" in worker.stderr
     assert "Traceback" not in worker.stderr
 
 
