@@ -58,6 +58,29 @@ def cleanup_queues(amqp_url: str) -> Iterator[list[str]]:
 
 
 @pytest.fixture
+def client(amqp_url, plugins, settings_factory):
+    """A client on the real RabbitMQ with the test job types."""
+    from runner.client import Client
+
+    c = Client(connect(amqp_url), plugins, settings_factory("client"))
+    yield c
+    c.close()
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Wait for a condition that another process brings about, with a deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)  # re-check interval of an external condition, not a synchronisation guess
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
 def settings_factory(amqp_url, tmp_path, cleanup_queues):
     def make(route: str, **changes):
         settings = settings_for(amqp_url, route, workdir=str(tmp_path / "work"), **changes)

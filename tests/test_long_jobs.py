@@ -11,15 +11,13 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 
-from runner.broker import connect
-from runner.client import Client
+from conftest import wait_until
+
 
 CONSUMER_TIMEOUT_MS = 5000
 WORKER_ENV = {"RUNNER_HANDOVER_AFTER": "2s"}  # guard copies are parked for 4 s
@@ -59,15 +57,6 @@ def short_consumer_timeout(ms: int) -> Iterator[None]:
             _set_rabbit_env(key, previous)
 
 
-def wait_until(predicate, timeout: float, what: str):
-    """Wait for a condition that other processes bring about, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)  # re-check interval of an external condition, not a synchronisation guess
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lines(workers, text: str) -> list[str]:
@@ -78,11 +67,6 @@ def ledger(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_a_job_longer_than_the_consumer_timeout_runs_once(client, worker_process, route, tmp_path, cleanup_queues):

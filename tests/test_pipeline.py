@@ -9,17 +9,11 @@ import uuid
 import pytest
 
 from runner.broker import Envelope, connect
-from runner.client import Client
 from runner.errors import JobError, JobFailed, UnroutableError
 from runner.message import JobMessage
 from runner.testing import running_worker
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_result_and_output_files_come_back(client, plugins, settings_factory, route, tmp_path):

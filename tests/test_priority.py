@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 
-from runner.broker import connect
-from runner.client import Client
 
 from test_worker_resilience import ledger_ids, wait_until
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_a_high_priority_job_overtakes_the_waiting_backlog(client, worker_process, route, tmp_path, cleanup_queues):

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.broker import connect
-from runner.client import Client
 from runner.jobs import parse_progress
 from runner.testing import running_worker
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize("job", ["stepper", "stepper-sh"])

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from runner import control
 from runner.broker import connect
-from runner.client import Client
 from runner.testing import running_worker
 
 from test_worker_resilience import wait_until
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def revoke(url: str, job_id: str, terminate: bool = False) -> list[dict]:

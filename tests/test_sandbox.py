@@ -14,11 +14,6 @@ from runner.message import FileData
 from runner.testing import running_worker
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_worker_secrets_do_not_reach_the_job(client, plugins, settings_factory, route, monkeypatch):

@@ -11,7 +11,6 @@ import pytest
 
 from runner.broker import connect
 from runner.brokers.amqp import MAX_DELAY_MS, delay_bucket_ms
-from runner.client import Client
 from runner.errors import JobError
 from runner.testing import running_worker
 from runner.timing import parse_instant, parse_when
@@ -55,11 +54,6 @@ def test_times_people_write():
 
 
 # --- against RabbitMQ -----------------------------------------------------------------------
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_expiry_before_the_start_is_refused_at_submit(client, route):

@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
+
+from conftest import wait_until
 
 from runner.broker import connect
 from runner.client import Client
 
 
-def wait_until(predicate, timeout: float, what: str):
-    """Wait for a condition that another process brings about, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)  # re-check interval of an external condition, not a synchronisation guess
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ledger_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.fixture
-def client(amqp_url, plugins, settings_factory):
-    c = Client(connect(amqp_url), plugins, settings_factory("client"))
-    yield c
-    c.close()
 
 
 def test_sigkilled_worker_job_completes_once_elsewhere(client, worker_process, route, tmp_path, cleanup_queues):
