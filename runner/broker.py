@@ -201,6 +201,13 @@ class Broker(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not hand deliveries over")
 
+    def set_prefetch(self, prefetch: int) -> None:
+        """Change how many deliveries :meth:`consume` may hand out unsettled; thread-safe.
+
+        Takes effect for deliveries from now on (a worker growing or shrinking its pool).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot change its prefetch")
+
     @abc.abstractmethod
     def reply_now(self, envelope: Envelope) -> None:
         """Send a reply (``envelope.routing_key`` is the address) while a job still runs.

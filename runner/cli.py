@@ -82,9 +82,10 @@ cli.add_command(JobsGroup("run", help="Run a job here, through the full pipeline
 @cli.command()
 @click.option("--queue", help="Queue to consume (default: default).")
 @click.option("--bind", "bindings", multiple=True, help="Routing pattern, e.g. 'heavy.#' (repeatable).")
-@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Job slots.")
+@click.option("--concurrency", "-c", metavar="N|MIN..MAX",
+              help="Job slots; MIN..MAX grows the pool with the queue and shrinks it when idle.")
 @pass_app
-def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: int | None) -> None:
+def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: str | None) -> None:
     """Consume jobs and run them in sandboxed subprocesses."""
     from runner.broker import connect
     from runner.worker import Worker

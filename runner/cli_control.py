@@ -128,3 +128,26 @@ def revoke(app: App, job_ids: tuple[str, ...], terminate: bool, timeout: float, 
     stopped = sorted({j for r in replies for j in (r.get("result") or {}).get("terminated", [])})
     click.echo(f"revoked {len(job_ids)} job(s); {len(replies)} live worker(s) told"
                + (f"; terminated: {', '.join(stopped)}" if stopped else ""))
+
+
+@control.group()
+def pool() -> None:
+    """Offer more or fewer job slots (up to the slots a worker reserved at start)."""
+
+
+@pool.command("grow")
+@click.argument("n", type=click.IntRange(1, 1024), default=1)
+@_options
+@pass_app
+def pool_grow(app: App, n: int, workers: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Offer N more slots on each worker."""
+    _run(app, "pool_grow", {"n": n}, workers, timeout, as_json)
+
+
+@pool.command("shrink")
+@click.argument("n", type=click.IntRange(1, 1024), default=1)
+@_options
+@pass_app
+def pool_shrink(app: App, n: int, workers: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Offer N fewer slots on each worker (never fewer than one); running jobs finish."""
+    _run(app, "pool_shrink", {"n": n}, workers, timeout, as_json)

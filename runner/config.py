@@ -39,6 +39,8 @@ class Settings:
     queue: str = "default"
     bindings: tuple[str, ...] = ()
     concurrency: int = 2
+    concurrency_min: int = 0  # with concurrency "MIN..MAX": the autoscaler's floor (0: fixed)
+    scale_idle: float = 30.0
     inline_limit: int = 16 * 1024 * 1024
     shared_storage: str = ""
     grace: float = 30.0
@@ -109,6 +111,9 @@ def load(
         values[key] = _convert(key, raw, f"--{key.replace('_', '-')}")
         sources[key] = "flag"
 
+    if isinstance(values.get("concurrency"), tuple):  # "2..8": autoscale between the two
+        values["concurrency_min"], values["concurrency"] = values["concurrency"]
+        sources["concurrency_min"] = sources["concurrency"]
     for key in _SETTING_NAMES:
         sources.setdefault(key, "default")
     settings = Settings(**values)
@@ -168,12 +173,17 @@ def parse_size(value: Any, where: str = "size") -> int:
 
 def _convert(key: str, raw: Any, where: str) -> Any:
     try:
-        if key in ("concurrency", "max_redeliveries"):
+        if key == "concurrency" and isinstance(raw, str) and ".." in raw:
+            low, high = (int(part) for part in raw.split("..", 1))
+            if not 1 <= low <= high:
+                raise ValueError
+            return (low, high)
+        if key in ("concurrency", "concurrency_min", "max_redeliveries"):
             value = int(raw)
             if value < (1 if key == "concurrency" else 0):
                 raise ValueError
             return value
-        if key in ("grace", "wait_timeout", "revoke_expiry", "handover_after"):
+        if key in ("grace", "wait_timeout", "revoke_expiry", "handover_after", "scale_idle"):
             return parse_duration(raw, where)
         if key == "inline_limit":
             return parse_size(raw, where)
@@ -192,6 +202,8 @@ def _convert(key: str, raw: Any, where: str) -> Any:
 
 
 def _check(settings: Settings) -> None:
+    if settings.concurrency_min > settings.concurrency:
+        raise ConfigError("concurrency_min may not exceed concurrency")
     # Inline files grow by a third in base64 and must fit in one message with the rest.
     if settings.inline_limit > 48 * 1024 * 1024:
         raise ConfigError("inline_limit may be at most 48MiB (messages are capped at 64MiB)")

@@ -110,6 +110,8 @@ class ControlServer:
             "registered": lambda args: sorted(j.name for j in worker.plugins.jobs),
             "queues": lambda args: {"queue": worker.queue, "bindings": list(worker.bindings)},
             "shutdown": self._shutdown,
+            "pool_grow": lambda args: worker.pool.resize(worker.pool.size + int(args.get("n", 1))),
+            "pool_shrink": lambda args: worker.pool.resize(worker.pool.size - int(args.get("n", 1))),
             "rate_limit": lambda args: worker.limiter.set(str(args["job"]), args.get("rate")),
             "add_binding": lambda args: self._binding(args, add=True),
             "remove_binding": lambda args: self._binding(args, add=False),
@@ -176,7 +178,8 @@ class ControlServer:
         w = self.worker
         return {
             "host": socket.gethostname(), "pid": os.getpid(),
-            "uptime": round(time.time() - w.started_at, 3), "slots": w.concurrency,
+            "uptime": round(time.time() - w.started_at, 3), "slots": w.pool.size,
+            "max_slots": w.concurrency,
             "processed": w.processed, "running": w.active_jobs(),
             "queue": w.queue, "bindings": list(w.bindings), "broker": w.broker.url.split("@")[-1],
         }

@@ -56,6 +56,7 @@ from runner.message import (
     retry_envelope,
 )
 from runner.plugins import Plugins
+from runner.pool import Pool
 from runner.probe import probe
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, verifier_from_settings
@@ -93,7 +94,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}.{os.getpid()}"
         self.queue = settings.queue
         self.bindings = settings.effective_bindings
-        self.concurrency = settings.concurrency
+        self.concurrency = settings.concurrency  # slots reserved: threads (and uids, as root)
+        self.pool = Pool(self, settings.concurrency_min or settings.concurrency,
+                         settings.concurrency_min)
         root = settings.workdir or os.path.join(tempfile.gettempdir(), "runner-work")
         self.workroot = Path(root) / self.name
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
@@ -141,13 +144,16 @@ class Worker:
                 self._guardian.start()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
-                self.name, self.queue, ", ".join(self.bindings), self.concurrency, self.broker.url,
+                self.name, self.queue, ", ".join(self.bindings), self.pool.size, self.broker.url,
             )
+            if self.settings.concurrency_min:
+                self.pool.start_autoscaler(self.settings.broker_url, self.settings.scale_idle)
             self.plugins.worker_started(self)
             self.ready.set()
             try:
-                self.broker.consume(self.queue, self.concurrency, self._on_delivery)
+                self.broker.consume(self.queue, self.pool.size, self._on_delivery)
             finally:
+                self.pool.stop()
                 self._pool.shutdown(wait=True)
                 log.info("worker %s stopped after %d jobs", self.name, self.processed)
         finally:
@@ -386,6 +392,11 @@ class Worker:
         return False
 
     # --- remote control (called from the control thread) -----------------------------------
+    def busy(self) -> int:
+        """Slots running a job now."""
+        with self._lock:
+            return len(self._running)
+
     def active_jobs(self) -> list[dict[str, object]]:
         """The jobs running now: id, job type, seconds since they started."""
         now = time.time()

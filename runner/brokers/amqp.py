@@ -336,6 +336,7 @@ class AmqpBroker(Broker):
     # --- consuming --------------------------------------------------------------------------
     def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
         self._stopping.clear()
+        self._prefetch = prefetch  # set_prefetch changes it; a reconnect keeps the change
         while True:
             try:
                 self._consuming = True
@@ -357,7 +358,6 @@ class AmqpBroker(Broker):
     ) -> None:
         ch = self._channel()
         generation = self._generation
-        self._prefetch = prefetch
 
         def on_message(
             _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
@@ -534,6 +534,18 @@ class AmqpBroker(Broker):
         except Exception as exc:
             future.set_exception(StaleDelivery(f"cannot hand over: {exc}"))
         return future
+
+    def set_prefetch(self, prefetch: int) -> None:
+        def apply() -> None:
+            self._prefetch = prefetch
+            if self._restart_consumer is not None and not self._stopping.is_set():
+                self._restart_consumer()  # RabbitMQ applies a prefetch when a consumer starts
+
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            conn.add_callback_threadsafe(apply)
+        else:
+            self._prefetch = prefetch
 
     def reply_now(self, envelope: Envelope) -> None:
         def send() -> None:

@@ -102,6 +102,7 @@ class SqliteBroker(Broker):
         self._stopping = threading.Event()
         self._inboxes: set[SqliteInbox] = set()
         self._closed = False
+        self._prefetch = 1
 
     # --- database access --------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -217,6 +218,7 @@ class SqliteBroker(Broker):
             raise ValueError("prefetch must be at least 1")
         self._require_queue(queue)
         self._stopping.clear()
+        self._prefetch = prefetch  # set_prefetch changes it while this runs
         renew_at = time.monotonic() + self._lease / 3
         delay = POLL_MIN
         while not self._closed:
@@ -230,7 +232,7 @@ class SqliteBroker(Broker):
                 if time.monotonic() >= renew_at:
                     self._renew()
                     renew_at = time.monotonic() + self._lease / 3
-                free = 0 if stopping else prefetch - held
+                free = 0 if stopping else self._prefetch - held
                 batch, found = self._claim(queue, free) if free > 0 else ([], False)
             except BrokerError as exc:
                 if self._closed:
@@ -327,6 +329,12 @@ class SqliteBroker(Broker):
                     self._unsettled.pop(tag.token, None)
             self._signal.notify()
         return future
+
+    def set_prefetch(self, prefetch: int) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self._prefetch = prefetch
+        self._signal.notify()
 
     def reply_now(self, envelope: Envelope) -> None:
         try:
