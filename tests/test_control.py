@@ -61,6 +61,16 @@ def test_every_worker_answers(two_workers, broker_url, command):
         assert "echo" in replies[two_workers[1].name]["result"]
 
 
+def test_both_workers_resize_their_pools(two_workers, broker_url):
+    names = [w.name for w in two_workers]
+    with connect(broker_url) as broker:
+        shrunk = ours(control.send(broker, "pool_shrink", {"n": 1}, names, timeout=1.5), two_workers)
+        grown = ours(control.send(broker, "pool_grow", {"n": 1}, names, timeout=1.5), two_workers)
+    assert {n: r["result"] for n, r in shrunk.items()} == {n: {"slots": 1, "max": 2} for n in names}
+    assert {n: r["result"] for n, r in grown.items()} == {n: {"slots": 2, "max": 2} for n in names}
+    assert [w.pool.size for w in two_workers] == [2, 2]
+
+
 def test_active_lists_running_jobs_with_their_runtime(two_workers, broker_url, plugins, route):
     settings = two_workers[0].settings
     with Client(connect(broker_url), plugins, settings) as client:
