@@ -387,6 +387,19 @@ def test_prefetch_bounds_unsettled_deliveries(broker_factory: BrokerFactory) -> 
     assert len({d.envelope.message_id for d in (first, second, third)}) == 3
 
 
+def test_a_stop_requested_before_consuming_starts_is_kept(broker_factory: BrokerFactory) -> None:
+    # Given a stop that arrives before consume() runs (a SIGTERM right at a worker's start)
+    queue = broker_factory.queue(f"{broker_factory.route('early')}.#")
+    broker = broker_factory()
+    broker.stop_consuming()
+    # When consume() starts, it returns instead of consuming forever
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (broker.consume(queue, 1, lambda d: None), done.set()))
+    thread.start()
+    assert done.wait(WAIT), "consume ignored a stop requested before it started"
+    thread.join(WAIT)
+
+
 def test_stop_consuming_waits_for_unsettled_deliveries(broker_factory: BrokerFactory) -> None:
     # Given a consumer holding one delivery, with another job waiting
     route = broker_factory.route("default")

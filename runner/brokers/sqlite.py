@@ -217,7 +217,15 @@ class SqliteBroker(Broker):
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self._require_queue(queue)
-        self._stopping.clear()
+        # A stop requested before this starts is kept; the flag is cleared when consuming ends.
+        try:
+            self._consume_until_stopped(queue, prefetch, on_delivery)
+        finally:
+            self._stopping.clear()
+
+    def _consume_until_stopped(
+        self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
+    ) -> None:
         self._prefetch = prefetch  # set_prefetch changes it while this runs
         renew_at = time.monotonic() + self._lease / 3
         delay = POLL_MIN
