@@ -4,6 +4,7 @@ The public API for plugins and applications is re-exported here, lazily: a job's
 interpreter that only needs ``Reject`` or ``JobContext`` does not pay for click and pluggy.
 """
 
+# ruff: noqa: F401 - the TYPE_CHECKING imports document the lazy exports for type checkers
 from __future__ import annotations
 
 import importlib

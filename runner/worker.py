@@ -13,7 +13,8 @@ Long jobs on RabbitMQ (whose ``consumer_timeout`` takes back a delivery held too
 job (header ``x-runner-guard``) in a delay queue, then acknowledges the original; it renews
 the guard while the job runs, and revokes it (a durable revocation naming only that guard)
 once the outcome is published.  A guard copy comes back only if the worker died; a revoked
-one is dropped unrun.  docs/fleet.md#long-jobs-and-rabbitmqs-consumer-timeout.
+one is dropped unrun (:mod:`runner.handover`; docs/fleet.md).  The pool's size and its
+autoscaler are in :mod:`runner.pool`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner import control, reaper
+from runner import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
@@ -55,6 +55,7 @@ from runner.message import (
     progress_envelope,
     retry_envelope,
 )
+from runner.handover import H_GUARD, Guardian
 from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.probe import probe
@@ -64,22 +65,7 @@ from runner.timing import iso
 
 log = logging.getLogger(__name__)
 H_DEAD_RESULT = "x-runner-result"
-H_GUARD = "x-runner-guard"  # on a guard copy: its id, a revocation key naming only this copy
 DEAD_RESULT_CAP = 32 * 1024
-
-
-@dataclass(eq=False)
-class _Watch:
-    """A running job whose delivery the guardian hands over (and whose guard it renews)."""
-
-    delivery: Delivery
-    job_id: str
-    due: float  # monotonic time of the next handover or renewal
-    guard: str | None = None  # the guard copy in force (None: not handed over yet)
-    finished: bool = False  # the slot is settling it: no more guards
-    settled: bool = False  # its outcome went out
-    failures: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Worker:
@@ -119,13 +105,7 @@ class Worker:
         self.limiter = RateLimiter()
         # Long jobs (docs/fleet.md): only where the broker takes back deliveries held too long.
         needs = bool(getattr(broker, "needs_handover", False))
-        self.handover_after = settings.handover_after if needs else 0.0
-        self.guard_ttl = 2 * self.handover_after
-        self._watches: dict[int, _Watch] = {}  # id(delivery) -> watch
-        self._void_guards: list[str] = []  # guards to revoke (the guardian does it)
-        self._guardian: threading.Thread | None = None
-        self._guardian_stop = False
-        self._side: Broker | None = None  # the guardian's own connection, for revocations
+        self.guardian = Guardian(self, settings.handover_after if needs else 0.0)
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -139,9 +119,7 @@ class Worker:
         try:
             self.broker.declare_queue(self.queue, self.bindings)
             self._start_control()
-            if self.handover_after > 0:
-                self._guardian = threading.Thread(target=self._guard_loop, name="guardian", daemon=True)
-                self._guardian.start()
+            self.guardian.start()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
                 self.name, self.queue, ", ".join(self.bindings), self.pool.size, self.broker.url,
@@ -157,7 +135,7 @@ class Worker:
                 self._pool.shutdown(wait=True)
                 log.info("worker %s stopped after %d jobs", self.name, self.processed)
         finally:
-            self._stop_guardian()
+            self.guardian.stop()
             if self._control is not None:
                 self._control.stop()
             if self.jail is not None:
@@ -275,10 +253,7 @@ class Worker:
         with self._lock:
             self._running[message.id] = cancel
             self._active[message.id] = (job.name, time.time())
-            if self.handover_after > 0:
-                watch = _Watch(delivery, message.id, time.monotonic() + self.handover_after)
-                self._watches[id(delivery)] = watch
-                self._lock.notify_all()
+            watch = self.guardian.watch(delivery, message.id)
         slot = self._slots.get()
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
@@ -321,14 +296,7 @@ class Worker:
                 self._running.pop(message.id, None)
                 self._active.pop(message.id, None)
                 if watch is not None:
-                    self._watches.pop(id(delivery), None)
-                    if watch.guard is not None and watch.settled:
-                        self._void_guards.append(watch.guard)  # the outcome is out: void the guard
-                    elif watch.guard is not None:
-                        log.warning(
-                            "job %s: its outcome did not go out; guard copy %s brings it back",
-                            message.id, watch.guard,
-                        )
+                    self.guardian.forget(delivery, watch, message.id)
                 self._lock.notify_all()
 
     def _progress_reporter(
@@ -466,11 +434,11 @@ class Worker:
 
     def _settle(self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False) -> bool:
         with self._lock:
-            watch = self._watches.get(id(delivery))
+            watch = self.guardian.watches.get(id(delivery))
         handed_over = watch is not None and watch.guard is not None
         # A handed-over job survives reconnects: its outcome may wait for the connection to
         # come back (while its guard is parked, up to a handover period).
-        deadline = time.monotonic() + (self.handover_after if handed_over else 0)
+        deadline = time.monotonic() + (self.guardian.handover_after if handed_over else 0)
         while True:
             try:
                 self.broker.settle(delivery, out, requeue=requeue).result(
@@ -478,10 +446,10 @@ class Worker:
                 )
                 break
             except Exception as exc:
-                if handed_over and time.monotonic() < deadline and not self._guardian_stop:
+                if handed_over and time.monotonic() < deadline and not self.guardian.stopping:
                     log.warning("could not publish the outcome of %s (%s); trying again",
                                 delivery.envelope.message_id, exc)
-                    threading.Event().wait(min(5.0, max(0.1, self.handover_after / 10)))
+                    threading.Event().wait(min(5.0, max(0.1, self.guardian.handover_after / 10)))
                     continue
                 log.warning(
                     "could not settle %s (%s); the broker will deliver it again",
@@ -493,104 +461,6 @@ class Worker:
             if watch is not None:
                 watch.settled = True
         return True
-
-    # --- long jobs: handover and guard copies (the guardian thread) ---------------------------
-    def _guard_loop(self) -> None:
-        """Hand over deliveries held for ``handover_after``, renew guards, revoke void ones."""
-        while True:
-            with self._lock:
-                while True:
-                    now = time.monotonic()
-                    void, self._void_guards = self._void_guards, []
-                    due = [w for w in self._watches.values() if not w.finished and w.due <= now]
-                    if void or due or self._guardian_stop:
-                        break
-                    upcoming = [w.due for w in self._watches.values() if not w.finished]
-                    self._lock.wait(min(upcoming) - now if upcoming else None)
-                stop = self._guardian_stop
-            if void:
-                self._revoke_guards(void)
-            for watch in due:
-                self._hand_over(watch)
-            if stop and not void and not due:
-                return
-
-    def _hand_over(self, watch: _Watch) -> None:
-        """Park a new guard copy; the first time, acknowledge the delivery; void the old guard."""
-        guard = f"{watch.job_id}.guard.{uuid.uuid4().hex[:12]}"
-        env = watch.delivery.envelope.with_headers(**{H_GUARD: guard})
-        with watch.lock:
-            if watch.finished:
-                return
-            old = watch.guard
-            try:
-                future = self.broker.hand_over(watch.delivery, Outgoing(env, Target.JOBS, self.guard_ttl))
-                future.result(timeout=60)
-            except TimeoutError:
-                # Unknown whether it happened: count it as done, so the guard is voided at the
-                # end (the worst case is one run too many, never a lost job).
-                log.warning("job %s: handover did not answer in time; counting it as done", watch.job_id)
-                ok = True
-            except Exception as exc:
-                watch.failures += 1
-                retry = min(5.0, self.handover_after / 4)
-                log.warning(
-                    "job %s: could not %s its guard copy (%s)%s", watch.job_id,
-                    "renew" if old else "hand over with", exc,
-                    "" if old is None and watch.failures >= 3 else f"; trying again in {retry:.1f}s",
-                )
-                with self._lock:
-                    self._void_guards.append(guard)  # it may have been parked: void it
-                    if old is None and watch.failures >= 3:
-                        watch.due = float("inf")  # the delivery is lost: RabbitMQ requeued it
-                    else:
-                        watch.due = time.monotonic() + retry
-                return
-            else:
-                ok = True
-            if ok:
-                with self._lock:
-                    watch.guard, watch.failures = guard, 0
-                    watch.due = time.monotonic() + self.handover_after
-                    if old is not None:
-                        self._void_guards.append(old)
-        if old is None:
-            log.info(
-                "job %s handed over: guard copy %s parked for %gs", watch.job_id, guard, self.guard_ttl
-            )
-        else:
-            log.info("job %s renewed its guard copy: %s replaces %s", watch.job_id, guard, old)
-
-    def _revoke_guards(self, guards: list[str]) -> None:
-        """Revoke guard copies durably and on every live worker (this one at once)."""
-        self.revoke(guards, False)
-        try:
-            if self._side is None:
-                self._side = connect(self.broker.url)
-            control.revoke(self._side, guards, self.settings.revoke_expiry, timeout=0)
-            log.info("guard copies voided: %s", ", ".join(guards))
-        except Exception as exc:
-            log.warning(
-                "could not revoke guard copies %s (%s): each may run its job once more",
-                ", ".join(guards), exc,
-            )
-            side, self._side = self._side, None
-            if side is not None:
-                try:
-                    side.close()
-                except Exception:
-                    pass
-
-    def _stop_guardian(self) -> None:
-        """Let the guardian revoke what is still to revoke, then end it."""
-        if self._guardian is None:
-            return
-        with self._lock:
-            self._guardian_stop = True
-            self._lock.notify_all()
-        self._guardian.join(60)
-        if self._side is not None:
-            self._side.close()
 
 
 def _attempt_of(env: Envelope) -> int:
