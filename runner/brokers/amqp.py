@@ -435,13 +435,7 @@ class AmqpBroker(AmqpFleet, Broker):
                 self._give_back(tag)
                 future.set_exception(exc)
 
-        conn = self._conn
-        try:
-            if conn is None:
-                raise StaleDelivery("not connected")
-            conn.add_callback_threadsafe(work)
-        except Exception as exc:
-            future.set_exception(StaleDelivery(f"cannot settle: {exc}"))
+        self._call_soon(work, future, "settle")
         return future
 
     def _settle_detached(
@@ -495,14 +489,18 @@ class AmqpBroker(AmqpFleet, Broker):
                 except Exception:  # the channel is going away: the consume loop reconnects
                     log.debug("could not restart the consumer", exc_info=True)
 
+        self._call_soon(work, future, "hand over")
+        return future
+
+    def _call_soon(self, work: Callable[[], None], future: Future[None], what: str) -> None:
+        """Run ``work`` in the connection's thread (pika is not thread-safe), or fail ``future``."""
         conn = self._conn
         try:
             if conn is None:
                 raise StaleDelivery("not connected")
             conn.add_callback_threadsafe(work)
         except Exception as exc:
-            future.set_exception(StaleDelivery(f"cannot hand over: {exc}"))
-        return future
+            future.set_exception(StaleDelivery(f"cannot {what}: {exc}"))
 
     def set_prefetch(self, prefetch: int) -> None:
         def apply() -> None:

@@ -54,6 +54,18 @@ RESIZE_GEOMETRY = _Checked("WxH[!^<>]", convert.parse_resize, str)
 CROP_GEOMETRY = _Checked("WxH+X+Y", convert.parse_crop, str)
 
 
+def _output_options() -> tuple[click.Option, ...]:
+    """Output format, quality and crop gravity: the same for resize and thumbnails."""
+    return (
+        click.Option(["--format"], type=click.Choice(("jpeg", "png", "webp")), default=None,
+                     help="Output format [default: the input's; PNG for GIF, TIFF, BMP]."),
+        click.Option(["--quality"], type=click.IntRange(1, 100), default=85, show_default=True,
+                     help="JPEG/WebP quality."),
+        click.Option(["--gravity"], type=click.Choice(tuple(GRAVITIES)), default="center",
+                     show_default=True, help="Where --mode fill crops from."),
+    )
+
+
 RESIZE = JobType(
     name="resize",
     help=(
@@ -67,12 +79,7 @@ RESIZE = JobType(
                      help="Target box, WIDTHxHEIGHT (each 1..20000)."),
         click.Option(["--mode"], type=click.Choice(MODES), default="fit", show_default=True,
                      help="fit: inside the box; fill: cover it and crop; exact: stretch."),
-        click.Option(["--format"], type=click.Choice(("jpeg", "png", "webp")), default=None,
-                     help="Output format [default: the input's; PNG for GIF, TIFF, BMP]."),
-        click.Option(["--quality"], type=click.IntRange(1, 100), default=85, show_default=True,
-                     help="JPEG/WebP quality."),
-        click.Option(["--gravity"], type=click.Choice(tuple(GRAVITIES)), default="center",
-                     show_default=True, help="Where --mode fill crops from."),
+        *_output_options(),
         click.Option(["--keep-metadata"], is_flag=True,
                      help="Keep EXIF (GPS included) and XMP instead of stripping them."),
         click.Option(["--keep-profile"], is_flag=True,
@@ -107,12 +114,7 @@ THUMBNAILS = JobType(
                      help=f"Comma-separated target boxes, WIDTHxHEIGHT (at most {MAX_SIZES})."),
         click.Option(["--mode"], type=click.Choice(MODES), default="fit", show_default=True,
                      help="fit: inside each box; fill: cover it and crop; exact: stretch."),
-        click.Option(["--format"], type=click.Choice(("jpeg", "png", "webp")), default=None,
-                     help="Output format [default: the input's; PNG for GIF, TIFF, BMP]."),
-        click.Option(["--quality"], type=click.IntRange(1, 100), default=85, show_default=True,
-                     help="JPEG/WebP quality."),
-        click.Option(["--gravity"], type=click.Choice(tuple(GRAVITIES)), default="center",
-                     show_default=True, help="Where --mode fill crops from."),
+        *_output_options(),
     ),
     function="runner_media.thumbnails:thumbnails",
     inputs=("image",),
