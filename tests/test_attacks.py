@@ -72,9 +72,11 @@ class WorkerUnderTest:
             env["RUNNER_CONFIG"] = str(config)
         if kind == "unprivileged":
             os.chown(self.workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+            # The interpreter itself (sys.base_prefix: a venv's python links to it) may be the
+            # part under /root, while the venv (sys.prefix) lies elsewhere.
             hidden = ""
-            if sys.prefix.startswith("/root/"):
-                hidden = "/root/" + Path(sys.prefix).relative_to("/root").parts[0]
+            if sys.base_prefix.startswith("/root/"):
+                hidden = "/root/" + Path(sys.base_prefix).relative_to("/root").parts[0]
             self.stash = tempfile.mkdtemp(prefix="runner-stash-")
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", UNPRIVILEGED_LAUNCH,
                     "launch", str(UNPRIVILEGED_UID), hidden, self.stash, *argv]
