@@ -27,13 +27,14 @@ _EXPORTS = {
     "SandboxProfile": "runner.jobs",
     "parse_duration": "runner.config",
     "parse_size": "runner.config",
+    "redact_url": "runner.config",
     "hookimpl": "runner.hookspecs",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from runner.config import parse_duration, parse_size
+    from runner.config import parse_duration, parse_size, redact_url
     from runner.context import JobContext
     from runner.errors import (
         BrokerError,

@@ -28,6 +28,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runner.config import redact_url
+
 JOBS_EXCHANGE = "runner.jobs"
 DEAD_QUEUE = "runner.dead"
 EVENTS_EXCHANGE = "runner.events"
@@ -375,4 +377,4 @@ def connect(url: str, **options: Any) -> Broker:
 
         base, _, query = url.partition("?")
         return SqliteBroker(base, **{**_url_options(query, SQLITE_URL_OPTIONS), **options})
-    raise ConfigError(f"unsupported broker URL {url!r}: use amqp://… or sqlite:///path")
+    raise ConfigError(f"unsupported broker URL {redact_url(url)!r}: use amqp://… or sqlite:///path")

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from runner.cli_jobs import App, JobsGroup
+from runner.config import redact
 from runner.errors import RunnerError
 
 EXIT_ERROR = 3
@@ -129,7 +130,7 @@ def plugins(app: App, as_json: bool) -> None:
 def config_cmd(app: App, as_json: bool) -> None:
     """Print the merged settings and where each came from."""
     settings = app.settings()
-    values = settings.as_dict()
+    values = {k: redact(v, k) for k, v in settings.as_dict().items()}
     if as_json:
         click.echo(json.dumps({k: {"value": v, "source": settings.sources[k]} for k, v in values.items()}, indent=2, default=list))
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -147,6 +148,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info masked, for logs and ``runner config``.
+
+    Every URL in a comma-separated list is masked; text that is not a URL is returned as it is.
+    """
+    return ",".join(_redact_one(part) for part in str(url).split(","))
+
+
+def _redact_one(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A settings value fit to print: URL passwords and values of secret-named keys masked."""
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str):
+        if _SECRET_KEY.search(key) and not key.endswith(("_file", "_patterns", "_params")):
+            return "***"
+        return redact_url(value) if "://" in value else value
+    return value
 
 
 def parse_duration(value: Any, where: str = "duration") -> float:

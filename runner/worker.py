@@ -36,7 +36,7 @@ from typing import Any
 
 from runner import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
-from runner.config import Settings
+from runner.config import Settings, redact_url
 from runner.control import ControlServer
 from runner.ratelimit import H_RATE_SLOT, RateLimiter
 from runner.errors import ConfigError, JobError, MessageError
@@ -122,7 +122,7 @@ class Worker:
             self.guardian.start()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
-                self.name, self.queue, ", ".join(self.bindings), self.pool.size, self.broker.url,
+                self.name, self.queue, ", ".join(self.bindings), self.pool.size, redact_url(self.broker.url),
             )
             if self.settings.concurrency_min:
                 self.pool.start_autoscaler(self.settings.broker_url, self.settings.scale_idle)

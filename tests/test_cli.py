@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from runner import redact_url
+
 PHOTO = Path(__file__).parent.parent / "fixtures" / "images" / "rocket.jpg"
 
 
@@ -108,5 +110,20 @@ def test_plugins_and_config(cli, amqp_url):
     assert {"name": "media", "package": "runner", "version": "0.1.0",
             "jobs": ["convert", "resize", "thumbnails"]} in plugins
     config = json.loads(cli("config", "--json").stdout)
-    assert config["broker_url"] == {"value": amqp_url, "source": "env RUNNER_BROKER_URL"}
+    assert config["broker_url"] == {"value": redact_url(amqp_url), "source": "env RUNNER_BROKER_URL"}
     assert config["concurrency"]["source"] == "default"
+
+
+def test_passwords_are_never_printed(cli, worker_process, route, cleanup_queues, amqp_url):
+    # Given a broker URL with a password (the test broker's is "guest")
+    password = amqp_url.split("@")[0].rpartition(":")[2]
+    assert password
+    # When the settings are shown, both ways
+    shown = cli("config").stdout + cli("config", "--json").stdout
+    # Then the URL is there with its password masked
+    assert f":{password}@" not in shown
+    assert ":***@127.0.0.1" in shown
+    # And a worker's start-up log names the broker without the password
+    cleanup_queues.append(f"test.{route}")
+    line = worker_process(f"test.{route}", [f"{route}.#"]).wait_for_log("consuming queue")
+    assert ":***@127.0.0.1" in line and f":{password}@" not in line

@@ -53,3 +53,14 @@ def test_unknown_setting_in_file_is_an_error(tmp_path):
 def test_units():
     assert parse_duration("1.5m") == 90 and parse_duration("250ms") == 0.25 and parse_duration(7) == 7
     assert parse_size("16MiB") == 16 << 20 and parse_size("512k") == 512 << 10
+
+
+def test_redaction_masks_url_passwords_and_secret_keys():
+    from runner.config import redact, redact_url
+
+    assert redact_url("amqp://u:p%40ss@h1:5672/v,amqp://u:pw@h2/") == "amqp://u:***@h1:5672/v,amqp://u:***@h2/"
+    assert redact_url("sqlite:////var/lib/runner/broker.sqlite3") == "sqlite:////var/lib/runner/broker.sqlite3"
+    shown = redact({"email": {"password": "hunter2", "password_file": "/run/pw", "host": "smtp"},
+                    "webhook": "https://user:tok@hooks.example/x"})
+    assert shown == {"email": {"password": "***", "password_file": "/run/pw", "host": "smtp"},
+                     "webhook": "https://user:***@hooks.example/x"}

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from runner import redact_url
 from runner.broker import Broker, connect
 from runner_monitor import events as ev
 
@@ -182,7 +183,7 @@ class WorkerEvents:
                     broker = broker or self._opener(self.url)
                     broker.publish_event(ev.to_envelope(event))
                 except NotImplementedError:
-                    log.warning("the broker at %s carries no events; events are off", self.url)
+                    log.warning("the broker at %s carries no events; events are off", redact_url(self.url))
                     with self._cond:
                         self.dropped += len(self._buffer)
                     return

@@ -19,6 +19,7 @@ from typing import Any
 
 from runner.broker import EVENTS_QUEUE, Broker, Envelope, connect
 from runner.cli_dead import resubmit
+from runner import redact_url
 from runner.errors import BrokerError, MessageError, RunnerError
 from runner_monitor import events as ev
 from runner_monitor.auth import Auth
@@ -73,7 +74,7 @@ class Collector:
                 self._broker = self._opener(self.url)
                 self._broker.declare_event_queue(self.queue)
                 self.ready.set()
-                log.info("recording events from %s on %s", self.queue, self.url)
+                log.info("recording events from %s on %s", self.queue, redact_url(self.url))
                 backoff = 0.5
                 self._broker.consume_events(self.queue, self._on_events)
             except (BrokerError, OSError) as exc:
