@@ -88,16 +88,27 @@ class JobsGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         job = self._jobs(ctx).get(name)
+        if job is None and not ctx.resilient_parsing:
+            errors = _load_errors(ctx)
+            if errors:
+                # The job may well exist in the plugin or config that failed: the real error,
+                # not "No such command", is what the user can act on.
+                raise RunnerError(f"no job type {name!r}: {errors[0]}")
         return job_command(job, self.local) if job else None
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_help(ctx, formatter)
-        app = ctx.find_object(App)
-        errors = [app.load_error] if app and app.load_error else []
-        if app and app.loaded is not None:
-            errors += app.loaded.errors
-        for err in errors:
+        for err in _load_errors(ctx):
             formatter.write(click.style(f"\nplugin error: {err}\n", fg="red"))
+
+
+def _load_errors(ctx: click.Context) -> list[str]:
+    """What went wrong loading the settings and plugins, one line each."""
+    app = ctx.find_object(App)
+    errors = [app.load_error] if app and app.load_error else []
+    if app and app.loaded is not None:
+        errors += app.loaded.errors
+    return [" ".join(str(err).split()) for err in errors]
 
 
 def _batch_argument(job: JobType) -> str | None:

@@ -127,3 +127,25 @@ def test_passwords_are_never_printed(cli, worker_process, route, cleanup_queues,
     cleanup_queues.append(f"test.{route}")
     line = worker_process(f"test.{route}", [f"{route}.#"]).wait_for_log("consuming queue")
     assert ":***@127.0.0.1" in line and f":{password}@" not in line
+
+
+@pytest.mark.parametrize("toml, env, expected", [
+    ("[broker\nurl = 1\n", {}, "Expected ']'"),
+    ('[jobs.x]\nargv = 5\n', {}, "[jobs.x] argv"),
+    ("", {"RUNNER_LOAD_PLUGINS": "", "RUNNER_PLUGINS": "no_such_plugin_module"}, "no_such_plugin_module failed to load"),
+])
+def test_config_and_plugin_errors_are_shown_instead_of_no_such_command(tmp_path, toml, env, expected):
+    # Given a broken runner.toml, or a plugin that cannot be imported
+    if toml:
+        (tmp_path / "runner.toml").write_text(toml)
+    full_env = {**os.environ, "RUNNER_PLUGINS": "jobs_plugin", **env}
+    full_env.pop("RUNNER_CONFIG", None)
+    # When a job is submitted
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "submit", "resize", "--size", "2x2", "x.jpg"],
+        env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    # Then the real error is printed in one line, as a runner error (exit 3)
+    assert proc.returncode == 3, proc.stderr
+    assert expected in proc.stderr and "No such command" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
