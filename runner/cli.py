@@ -124,6 +124,23 @@ def plugins(app: App, as_json: bool) -> None:
         click.secho(f"plugin error: {err}", fg="red", err=True)
 
 
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell: str) -> None:
+    """Print the shell completion script for SHELL (job names and their options complete too).
+
+    \b
+    bash:  eval "$(runner completion bash)"    # in ~/.bashrc
+    zsh:   eval "$(runner completion zsh)"     # in ~/.zshrc
+    fish:  runner completion fish > ~/.config/fish/completions/runner.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # the choices are the shells click supports
+    click.echo(complete(cli, {}, "runner", "_RUNNER_COMPLETE").source())
+
+
 @cli.command("config")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app

@@ -75,8 +75,9 @@ class JobsGroup(click.Group):
         self.local = local
 
     def _jobs(self, ctx: click.Context) -> dict[str, JobType]:
-        app = ctx.find_object(App)
-        assert app is not None
+        # Shell completion resolves commands without running the root group's callback, so
+        # the App may not exist yet.
+        app = ctx.find_object(App) or ctx.find_root().ensure_object(App)
         try:
             return {j.name: j for j in app.plugins().jobs}
         except RunnerError as exc:
@@ -183,7 +184,7 @@ def print_result(
 class App:
     """Lazily built state shared by the CLI commands (settings, plugins, broker)."""
 
-    def __init__(self, debug: bool) -> None:
+    def __init__(self, debug: bool = False) -> None:
         self.debug = debug
         self.loaded: Any = None
         self.load_error: str | None = None

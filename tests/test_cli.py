@@ -149,3 +149,26 @@ def test_config_and_plugin_errors_are_shown_instead_of_no_such_command(tmp_path,
     assert proc.returncode == 3, proc.stderr
     assert expected in proc.stderr and "No such command" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bash_completion_offers_job_names_and_their_options(tmp_path):
+    # Given the completion script that `runner completion bash` prints, loaded in a real bash
+    env = {**os.environ, "RUNNER_PLUGINS": "jobs_plugin",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    script = subprocess.run([sys.executable, "-m", "runner.cli", "completion", "bash"], env=env,
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        proc = subprocess.run(
+            ["bash", "-c", f'{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; '
+             '_runner_completion runner; printf "%s\\n" "${COMPREPLY[@]}"'],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stdout.split()
+
+    # When a job name and then one of its options are half typed, Then both complete
+    assert "resize" in complete("runner", "submit", "re")
+    assert "--size" in complete("runner", "submit", "resize", "--si")
+    assert "resize" in complete("runner", "run", "res")
