@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -10,7 +11,9 @@ import click
 from runner.cli_jobs import DURATION, App
 
 pass_app = click.make_pass_decorator(App)
+EXIT_REFUSED = 1  # every worker that replied refused the command
 EXIT_NO_REPLY = 4
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # what submit prints, beat derives and the client makes
 
 
 def _options(fn: Any) -> Any:
@@ -43,6 +46,8 @@ def _print(replies: list[dict[str, Any]], as_json: bool) -> None:
     if not replies:
         click.secho("no worker replied", fg="red", err=True)
         raise click.exceptions.Exit(EXIT_NO_REPLY)
+    if not any(reply.get("ok") for reply in replies):
+        raise click.exceptions.Exit(EXIT_REFUSED)
 
 
 @click.group()
@@ -116,6 +121,12 @@ def remove_binding(app: App, pattern: str, workers: tuple[str, ...], timeout: fl
 @pass_app
 def revoke(app: App, job_ids: tuple[str, ...], terminate: bool, timeout: float, as_json: bool) -> None:
     """Make sure jobs never start, wherever they are (queued, delayed, not yet delivered)."""
+    for job_id in job_ids:
+        if not JOB_ID.fullmatch(job_id):
+            raise click.BadParameter(
+                f"{job_id!r} is not a job id (32 hex digits, as runner submit prints)",
+                param_hint="JOB_ID",
+            )
     from runner import control
     from runner.broker import connect
 

@@ -27,9 +27,9 @@ class Duration(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
-            return parse_duration(value, param.name if param else "duration")
-        except RunnerError as exc:
-            self.fail(str(exc), param, ctx)
+            return parse_duration(value, "")
+        except RunnerError as exc:  # click names the option ("--delay"); the message need not
+            self.fail(str(exc).lstrip(": "), param, ctx)
 
 
 DURATION = Duration()
@@ -45,10 +45,16 @@ class When(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from runner.timing import parse_instant, parse_when
 
+        import time
+
         try:
-            (parse_when if self.relative else parse_instant)(value, "")
+            when = (parse_when if self.relative else parse_instant)(value, "")
         except RunnerError as exc:
             self.fail(str(exc).lstrip(": "), param, ctx)
+        if not self.relative and when < time.time() and param is not None and not (ctx and ctx.resilient_parsing):
+            name = param.opts[0] if param.opts else param.name
+            click.secho(f"warning: {name} {value} is in the past: the job may start at once",
+                        fg="yellow", err=True)
         return value  # turned into a time by the client, at the moment of submitting
 
 COMMON_OPTIONS = [

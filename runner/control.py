@@ -112,7 +112,7 @@ class ControlServer:
             "shutdown": self._shutdown,
             "pool_grow": lambda args: worker.pool.resize(worker.pool.size + int(args.get("n", 1))),
             "pool_shrink": lambda args: worker.pool.resize(worker.pool.size - int(args.get("n", 1))),
-            "rate_limit": lambda args: worker.limiter.set(str(args["job"]), args.get("rate")),
+            "rate_limit": self._rate_limit,
             "add_binding": lambda args: self._binding(args, add=True),
             "remove_binding": lambda args: self._binding(args, add=False),
             "revoke": lambda args: worker.revoke(
@@ -120,6 +120,12 @@ class ControlServer:
                 float(args.get("expires") or 0) or None,
             ),
         }
+
+    def _rate_limit(self, args: dict[str, Any]) -> dict[str, str]:
+        job = str(args["job"])
+        if job not in {j.name for j in self.worker.plugins.jobs}:
+            raise ControlError(f"no job type {job!r} on this worker")
+        return self.worker.limiter.set(job, args.get("rate"))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)

@@ -172,3 +172,24 @@ def test_bash_completion_offers_job_names_and_their_options(tmp_path):
     assert "resize" in complete("runner", "submit", "re")
     assert "--size" in complete("runner", "submit", "resize", "--si")
     assert "resize" in complete("runner", "run", "res")
+
+
+def test_unclear_input_gets_a_clear_line(cli, tmp_path):
+    photo = tmp_path / "rocket.jpg"
+    shutil.copy(PHOTO, photo)
+    # A bad duration names the option as the user typed it, never an internal name
+    bad_delay = cli("submit", "resize", "--size", "20x20", "--delay", "5x", str(photo), check_code=2)
+    assert "'--delay': '5x' is not a duration" in bad_delay.stderr and "opt_" not in bad_delay.stderr
+    # A size past the limit names the limit
+    huge = cli("submit", "resize", "--size", "99999999x99999999", str(photo), check_code=2)
+    assert "each side must be between 1 and 20000" in huge.stderr
+    # Something that is not a job id is refused before anything is sent
+    revoke = cli("revoke", "notanid", check_code=2)
+    assert "'notanid' is not a job id" in revoke.stderr
+
+
+def test_a_past_eta_is_said_out_loud(cli, tmp_path, route, cleanup_queues, worker_process):
+    cleanup_queues.append(f"test.{route}")
+    worker_process(f"test.{route}", [f"{route}.#"])
+    proc = cli("submit", "echo", "--text", "hi", "--route", route, "--eta", "2020-01-01T00:00Z")
+    assert "warning: --eta 2020-01-01T00:00Z is in the past: the job may start at once" in proc.stderr

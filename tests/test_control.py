@@ -127,3 +127,25 @@ def test_cli_control_ping_json(two_workers, broker_url, tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = {r["worker"] for r in json.loads(proc.stdout)}
     assert {w.name for w in two_workers} <= names
+
+
+def test_rate_limit_of_an_unknown_job_type_is_refused(two_workers, broker_url):
+    env = {**os.environ, "RUNNER_BROKER_URL": broker_url, "RUNNER_PLUGINS": "jobs_plugin"}
+    only_ours = [a for w in two_workers for a in ("--worker", w.name)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "runner.cli", "control", *args, *only_ours, "--timeout", "1.5"],
+            env=env, cwd=TESTS, capture_output=True, text=True, timeout=60,
+        )
+
+    # When a limit is set for a job type no worker has, every worker refuses it, and the
+    # command fails
+    refused = cli("rate-limit", "nosuch", "5/s")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout.count("error: no job type 'nosuch' on this worker") == 2
+    assert all(w.limiter.limits() == {} for w in two_workers)
+    # And a known one is still accepted
+    accepted = cli("rate-limit", "echo", "5/s")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert all(w.limiter.limits() == {"echo": "300/m"} for w in two_workers)

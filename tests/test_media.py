@@ -310,6 +310,7 @@ def test_hostile_input_is_rejected_with_a_clear_reason(ctx, name, reason):
 @pytest.mark.parametrize(
     ("params", "reason"),
     [({"size": "0x10"}, "between 1 and 20000"), ({"size": "20001x5"}, "between 1 and 20000"),
+     ({"size": "99999999x99999999"}, "between 1 and 20000"),
      ({"size": "big"}, "is not WIDTHxHEIGHT"), ({"mode": "zoom"}, "mode 'zoom'"),
      ({"gravity": "up"}, "gravity 'up'"), ({"quality": 0}, "quality 0"),
      ({"format": "gif"}, "format 'gif'"),

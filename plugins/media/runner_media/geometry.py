@@ -20,7 +20,7 @@ GRAVITIES = {
     "southwest": (0.0, 1.0),
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -32,6 +32,8 @@ def parse_size(text: str) -> tuple[int, int]:
     match = _SIZE_RE.match(str(text))
     if not match:
         raise ValueError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 200x200")
+    if max(len(match[1]), len(match[2])) > len(str(MAX_SIDE)):  # no int() of a huge digit run
+        raise ValueError(f"size {text!r}: each side must be between 1 and {MAX_SIDE}")
     width, height = int(match[1]), int(match[2])
     for side in (width, height):
         if not 1 <= side <= MAX_SIDE:
