@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from runner_webhook.config import webhook_settings
 from runner_webhook.spool import Spool
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from runner import ConfigError
 from runner.broker import connect
@@ -153,7 +156,17 @@ def test_a_success_is_posted_once_with_a_verifiable_signature(webhook_env, route
     result = client.submit("echo", {"text": "hi"}, route=route, wait=True,
                            webhook=receiver.url).wait(30)
     (hit,) = receiver.wait_for(1)
-    # Then the receiver can verify the signature with the documented code
+    # Then a receiver verifies it with an off-the-shelf Standard Webhooks library, given the
+    # secret in the whsec_ form docs/webhooks.md tells how to make
+    receiver_key = Webhook("whsec_" + base64.b64encode(SECRET).decode())
+    assert json.loads(hit["body"]) == receiver_key.verify(hit["body"], hit["headers"])
+    lowered = {k.lower(): v for k, v in hit["headers"].items()}  # HTTP names are case-blind
+    assert lowered["webhook-id"] == lowered["runner-delivery"]
+    with pytest.raises(WebhookVerificationError):
+        receiver_key.verify(hit["body"].replace(b"hi", b"ho"), hit["headers"])
+    with pytest.raises(WebhookVerificationError):
+        Webhook(b"another-secret-0123456789").verify(hit["body"], hit["headers"])
+    # And, for one more release, with the deprecated scheme's documented code
     verify = doc_verifier()
     header = hit["headers"]["Runner-Signature"]
     assert re.fullmatch(r"t=\d+,v1=[0-9a-f]{64}", header)
@@ -317,3 +330,19 @@ def test_config_errors_name_the_field(tmp_path, table, message):
     table = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in table.items()}
     with pytest.raises(ConfigError, match=r"\[jobs.webhook\] " + message):
         webhook_settings({"webhook": table})
+
+
+def test_verify_request_takes_the_standard_headers_and_the_deprecated_one():
+    from runner_webhook import verify_request
+    from runner_webhook.signing import headers
+
+    body = b'{"id": "j1"}'
+    signed = headers(SECRET, "d1", body)
+    standard = {k: v for k, v in signed.items() if k.startswith("webhook-")}
+    assert verify_request(SECRET, standard, body)
+    assert verify_request(SECRET, {"Runner-Signature": signed["Runner-Signature"]}, body)
+    assert not verify_request(SECRET, standard, body + b" ")
+    assert not verify_request(SECRET, {**standard, "webhook-id": "d2"}, body)
+    assert not verify_request(b"another-secret-0123456789", standard, body)
+    stale = headers(SECRET, "d1", body, timestamp=int(time.time()) - 3600)
+    assert not verify_request(SECRET, {k: v for k, v in stale.items() if k.startswith("webhook-")}, body)

@@ -2,8 +2,9 @@
 
 When a job succeeds, or fails for good, the worker POSTs its result as JSON to the URL the
 submitter gave (``--webhook URL``, carried in the message options) and to the URL its own
-config names for the job type (``[jobs.NAME] webhook = URL``), signed with HMAC-SHA256
-(``Runner-Signature: t=...,v1=...``).  The job hook only writes a spool file; the outbox's own
+config names for the job type (``[jobs.NAME] webhook = URL``), signed as Standard Webhooks
+specifies (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``; the older
+``Runner-Signature`` too, for one release).  The job hook only writes a spool file; the outbox's own
 threads deliver it, retrying with backoff while the receiver is down, bounded by ``max_age`` and
 ``max_entries``.
 
@@ -27,9 +28,9 @@ from runner_webhook.config import (
     webhook_settings,
 )
 from runner_webhook.outbox import OUTBOXES, Outbox
-from runner_webhook.signing import HEADER, signature, verify
+from runner_webhook.signing import HEADER, receiver_secret, signature, verify, verify_request
 
-__all__ = ["HEADER", "outbox_for", "payload", "signature", "verify"]
+__all__ = ["HEADER", "outbox_for", "payload", "receiver_secret", "signature", "verify", "verify_request"]
 log = logging.getLogger(__name__)
 SUCCEEDED, FAILED = "job.succeeded", "job.failed"
 

@@ -23,7 +23,7 @@ from typing import Any
 import tenacity
 
 from runner_webhook.config import WebhookSettings
-from runner_webhook.signing import HEADER, signature
+from runner_webhook.signing import headers as signed_headers
 from runner_webhook.spool import Delivery, Spool
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Outbox:
             "User-Agent": USER_AGENT,
             "Runner-Delivery": delivery.id,
             "Runner-Event": delivery.event,
-            HEADER: signature(self.cfg.secret, int(time.time()), body),
+            **signed_headers(self.cfg.secret, delivery.id, body),
         })
         opener = urllib.request.build_opener(_NoRedirects())
         try:
