@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from runner.broker import connect
 from runner.client import Client
@@ -180,14 +181,15 @@ def test_jobs_metrics_and_retry_on_the_embedded_broker(served, broker_url, worke
                                  r["queues"][0]["depth"] is not None)["queues"]
         assert queues[0] == {**queues[0], "name": settings.queue, "depth": 0, "consumers": 1}
         _, headers, body = served.request("/metrics")
-        text = body.decode()
-        assert headers["content-type"].startswith("text/plain; version=0.0.4")
-        assert 'runner_jobs_total{job="echo",state="succeeded"} 1' in text
-        assert 'runner_jobs_total{job="deadline",state="dead"} 1' in text
-        assert 'runner_job_duration_seconds_count{job="echo"} 1' in text
-        assert 'runner_job_duration_seconds_bucket{job="echo",le="+Inf"} 1' in text
-        assert "runner_workers_online 1" in text
-        assert f'runner_queue_depth{{queue="{settings.queue}"}} 0' in text
+        assert headers["content-type"].startswith("text/plain; version=")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+        assert samples[("runner_jobs_total", (("job", "echo"), ("state", "succeeded")))] == 1
+        assert samples[("runner_jobs_total", (("job", "deadline"), ("state", "dead")))] == 1
+        assert samples[("runner_job_duration_seconds_count", (("job", "echo"),))] == 1
+        assert samples[("runner_job_duration_seconds_bucket", (("job", "echo"), ("le", "+Inf")))] == 1
+        assert samples[("runner_workers_online", ())] == 1
+        assert samples[("runner_queue_depth", (("queue", settings.queue),))] == 0
         # When an admin retries the dead job once it would succeed
         time.sleep(max(0.0, fail_until - time.time()))  # the job's own deadline
         status, _, body = served.request(f"/api/jobs/{bad.id}/retry", method="POST")

@@ -134,7 +134,8 @@ def create_app(
         return JSONResponse({"queues": history.queues()})
 
     def prometheus(request: Request, who: str) -> Response:
-        return PlainTextResponse(metrics.render(history), media_type=metrics.CONTENT_TYPE)
+        body, content_type = metrics.render(history, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     async def stream(request: Request, who: str) -> Response:
         async def changes() -> Any:
