@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import bwrap, seccomp
+from runner import bwrap, seccomp, workdir
 from runner.cgroup import JobCgroup
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import SandboxProfile
@@ -154,6 +154,8 @@ class Jail:
             )
             raise ConfigError(f"[sandbox] require names layers that are not active here: {reasons}")
         self.read_only = [str(p) for p in config.get("read_only", ())]
+        # A per-job disk quota needs the right to mount (root); tried once, here.
+        self.quota = bool(report.root and workroot is not None and workdir.can_mount_quota(workroot))
         self.lease: UidLease | None = None
         if "uid" in self.layers:
             self.lease = claim_uids(
@@ -166,6 +168,7 @@ class Jail:
         off = [n for n in self.report.layers if n not in self.layers]
         text = f"sandbox layers active: {', '.join(active)}; not active: {', '.join(off) or 'none'}"
         text += "".join(f" ({name}: {note})" for name, note in self.notes.items())
+        text += "; disk quota: " + ("a tmpfs per job" if self.quota else "none (needs root to mount)")
         return text if active else summary(self.report)
 
     def close(self) -> None:
