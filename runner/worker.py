@@ -27,6 +27,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -34,7 +35,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner import reaper
+from runner import headers as bounded
+from runner import reaper, workdir
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
@@ -65,7 +67,9 @@ from runner.timing import iso
 
 log = logging.getLogger(__name__)
 H_DEAD_RESULT = "x-runner-result"
-DEAD_RESULT_CAP = 32 * 1024
+# What the x-runner-result header keeps of the last attempt (outputs, value, history: not).
+DEAD_RESULT_FIELDS = ("id", "job", "status", "attempts", "error", "traceback", "exit_code",
+                      "stdout", "stderr", "duration", "worker")
 
 
 class Worker:
@@ -84,7 +88,8 @@ class Worker:
         self.pool = Pool(self, settings.concurrency_min or settings.concurrency,
                          settings.concurrency_min)
         root = settings.workdir or os.path.join(tempfile.gettempdir(), "runner-work")
-        self.workroot = Path(root) / self.name
+        # Unique even for two workers of one name (one process): each sweeps the others' work.
+        self.workroot = Path(root) / f"{self.name}-{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Condition()
@@ -93,6 +98,7 @@ class Worker:
         self.stopped = threading.Event()  # set once run() has returned or failed
         self.processed = 0
         self.jail: Jail | None = None
+        self._workroot_lock: int | None = None
         self.verifier: Verifier | None = None
         self._jobs: dict[str, JobType] = {}
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -140,6 +146,8 @@ class Worker:
                 self._control.stop()
             if self.jail is not None:
                 self.jail.close()
+            if self._workroot_lock is not None:
+                workdir.release(self.workroot, self._workroot_lock)
             self.stopped.set()
 
     def _start_control(self) -> None:
@@ -170,6 +178,9 @@ class Worker:
         for name, options in self.settings.jobs.items():
             if isinstance(options, dict) and options.get("rate_limit"):
                 self.limiter.set(name, str(options["rate_limit"]))
+        # Work of a killed worker (its job directories, quota mounts) goes before ours starts.
+        self._workroot_lock = workdir.claim(self.workroot)
+        workdir.sweep(self.workroot.parent)
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
 
@@ -322,7 +333,7 @@ class Worker:
             "worker": self.name,
             "finished_at": round(time.time(), 3),
             "duration": round(attempt.result.duration, 3),
-            "error": attempt.result.error,
+            "error": bounded.clip(attempt.result.error, bounded.HISTORY_ERROR_BUDGET),
             "exit_code": attempt.result.exit_code,
         }
         history = (*message.history, entry)[-MAX_HISTORY:]
@@ -469,14 +480,16 @@ def _attempt_of(env: Envelope) -> int:
 
 
 def _dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
-    """The original job, with why it died and (capped) what its last attempt reported."""
-    headers: dict[str, object] = {H_DEAD_REASON: reason[:1000]}
+    """The original job, with why it died and a summary of what its last attempt reported.
+
+    Every header fits its byte budget once encoded (:mod:`runner.headers`): the job's own text
+    may be long and non-ASCII, and an oversized header frame would cost the whole connection.
+    """
+    headers: dict[str, object] = {H_DEAD_REASON: bounded.clip(reason, bounded.TEXT_BUDGET)}
     if result is not None:
-        record = result.to_json()
-        record.pop("outputs", None)
-        for key in ("traceback", "stderr", "stdout"):
-            if record.get(key) and len(record[key]) > DEAD_RESULT_CAP // 4:
-                record[key] = "…" + record[key][-DEAD_RESULT_CAP // 4 :]
-        headers[H_DEAD_RESULT] = json.dumps(record)
-        headers[H_DEAD_ERROR] = (result.error or "")[:1000]
+        record = {k: v for k, v in result.to_json().items() if k in DEAD_RESULT_FIELDS}
+        headers[H_DEAD_RESULT] = bounded.fit_record(
+            record, bounded.RESULT_BUDGET, ("traceback", "stderr", "stdout", "error")
+        )
+        headers[H_DEAD_ERROR] = bounded.clip(result.error, bounded.TEXT_BUDGET)
     return replace(env, reply_to=None).with_headers(**headers)
