@@ -14,6 +14,7 @@ from runner.cli_jobs import App
 from runner.errors import RunnerError
 from runner.signing import Signer, signer_from_settings
 from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
+from runner.untrusted import printable
 
 pass_app = click.make_pass_decorator(App)
 
@@ -88,7 +89,8 @@ def dead_list(app: App, as_json: bool, limit: int) -> None:
     if not records:
         click.echo("no dead-lettered jobs")
     for r in records:
-        click.echo(f"{r['id']}  {r['job'] or '?':<12} {r['reason']}: {r['error'] or ''}".rstrip(": "))
+        line = f"{r['id']}  {r['job'] or '?':<12} {r['reason']}: {r['error'] or ''}".rstrip(": ")
+        click.echo(printable(line, False))  # reason and error carry a job's text
 
 
 @dead.command("show")
@@ -107,10 +109,11 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
         return
     for key in ("id", "job", "routing_key", "reason", "error", "attempts", "submitted", "worker", "exit_code", "params"):
         value = record.get(key)
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        click.echo(printable(f"{key}: {shown}", False))
     for key in ("traceback", "stderr"):
         if record.get(key):
-            click.echo(f"--- {key} ---\n{record[key].rstrip()}")
+            click.echo(f"--- {key} ---\n{printable(str(record[key]).rstrip())}")
 
 
 @dead.command("retry")

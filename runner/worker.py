@@ -333,7 +333,8 @@ class Worker:
             "worker": self.name,
             "finished_at": round(time.time(), 3),
             "duration": round(attempt.result.duration, 3),
-            "error": bounded.clip(attempt.result.error, bounded.HISTORY_ERROR_BUDGET),
+            "error": None if attempt.result.error is None else bounded.clip(
+                attempt.result.error, bounded.HISTORY_ERROR_BUDGET),
             "exit_code": attempt.result.exit_code,
         }
         history = (*message.history, entry)[-MAX_HISTORY:]
