@@ -93,8 +93,9 @@ def local_worker(app: Any, concurrency: int = 1) -> Iterator[tuple[Client, str]]
     from runner.worker import Worker
 
     route = f"run-{uuid.uuid4().hex[:12]}"
+    # A private one-off queue, gone when the command ends: unsigned jobs are the user's own.
     settings = replace(app.settings(), queue=f"runner.run.{route}", bindings=(f"{route}.#",),
-                       concurrency=concurrency)
+                       concurrency=concurrency, allow_unsigned=True)
     if not app.debug:
         # The one-job worker's start-up notes (signing off, sandbox layers) are for daemons.
         logging.getLogger("runner.worker").setLevel(logging.ERROR)

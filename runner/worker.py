@@ -19,7 +19,7 @@ autoscaler are in :mod:`runner.pool`.
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
 import os
 import queue
@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from runner import headers as bounded
 from runner import reaper, workdir
@@ -166,6 +167,12 @@ class Worker:
             self.settings.signing, self.settings.base_dir("signing"), self.bindings
         )
         if self.verifier is None:
+            if not self.settings.allow_unsigned and not on_this_host(self.broker.url):
+                raise ConfigError(
+                    "message signing is off ([signing.trusted] is not set) and the broker is not "
+                    "on this host: anyone who can publish to it could run jobs here. Set up "
+                    "signing (runner keygen), or start with --allow-unsigned"
+                )
             log.warning(
                 "message signing is off ([signing] trusted is not set): anyone who can publish "
                 "to the broker can run jobs on this worker"
@@ -473,6 +480,20 @@ class Worker:
             if watch is not None:
                 watch.settled = True
         return True
+
+
+def on_this_host(url: str) -> bool:
+    """Whether the broker at ``url`` is reachable from this host only (loopback or a file)."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _attempt_of(env: Envelope) -> int:
