@@ -93,10 +93,11 @@ def worker(
 ) -> None:
     """Consume jobs and run them in sandboxed subprocesses."""
     from runner.broker import connect
-    from runner.worker import Worker
+    from runner.worker import Worker, refuse_unsigned
 
     settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency,
                             allow_unsigned=allow_unsigned or None)
+    refuse_unsigned(settings)  # before connecting: an unreachable broker would be waited for
     plugins = app.plugins()
     for err in plugins.errors:
         click.secho(f"plugin error: {err}", fg="red", err=True)

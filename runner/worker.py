@@ -167,12 +167,7 @@ class Worker:
             self.settings.signing, self.settings.base_dir("signing"), self.bindings
         )
         if self.verifier is None:
-            if not self.settings.allow_unsigned and not on_this_host(self.broker.url):
-                raise ConfigError(
-                    "message signing is off ([signing.trusted] is not set) and the broker is not "
-                    "on this host: anyone who can publish to it could run jobs here. Set up "
-                    "signing (runner keygen), or start with --allow-unsigned"
-                )
+            _refuse_unsigned(self.settings, self.broker.url)
             log.warning(
                 "message signing is off ([signing] trusted is not set): anyone who can publish "
                 "to the broker can run jobs on this worker"
@@ -480,6 +475,25 @@ class Worker:
             if watch is not None:
                 watch.settled = True
         return True
+
+
+def refuse_unsigned(settings: Settings) -> None:
+    """Refuse (before connecting) to run unsigned jobs from a broker off this host.
+
+    Raises:
+        ConfigError: no ``[signing.trusted]``, a broker not on this host, no ``allow_unsigned``.
+    """
+    if verifier_from_settings(settings.signing, settings.base_dir("signing"), settings.effective_bindings) is None:
+        _refuse_unsigned(settings, settings.broker_url)
+
+
+def _refuse_unsigned(settings: Settings, url: str) -> None:
+    if not settings.allow_unsigned and not on_this_host(url):
+        raise ConfigError(
+            "message signing is off ([signing.trusted] is not set) and the broker is not on "
+            "this host: anyone who can publish to it could run jobs here. Set up signing "
+            "(runner keygen), or start the worker with --allow-unsigned"
+        )
 
 
 def on_this_host(url: str) -> bool:
