@@ -90,20 +90,27 @@ def execute(
     """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
-    # The job's disk quota: everything under ``base`` lives in a tmpfs of that size.
+    # The job's disk quota: its work dir is a tmpfs of that size, and so (separately, so that
+    # a full work dir leaves room for the result) are its captured output and result file.
     disk = job.sandbox.disk
-    mounted = bool(jail is not None and jail.quota and disk and workdir.mount_quota(base, disk))
+    mounts: list[Path] = []
+    if jail is not None and jail.quota and disk:
+        for sub in ("job", "log"):
+            (base / sub).mkdir(mode=0o700)
+            if workdir.mount_quota(base / sub, disk):
+                mounts.append(base / sub)
     try:
         attempt = _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
             on_progress, shared,
         )
-        if mounted and disk and attempt.verdict is not Verdict.SUCCEEDED and workdir.used_up(base, disk):
+        full = bool(mounts) and disk and workdir.used_up(base / "job", disk)
+        if full and attempt.verdict is not Verdict.SUCCEEDED:
             error = f"disk quota of {disk} bytes used up; {attempt.result.error}"
             attempt = replace(attempt, result=replace(attempt.result, error=error))
         return attempt
     finally:
-        workdir.remove(base, mounted)
+        workdir.remove(base, mounts)
 
 
 def _attempt(
@@ -123,7 +130,7 @@ def _attempt(
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
     for d in (ctx.workdir, ctx.in_dir, ctx.out_dir, ctx.tmp_dir):
-        d.mkdir(mode=0o700)
+        d.mkdir(mode=0o700, exist_ok=d == ctx.workdir)  # the work dir may be a quota mount
         if owner is not None:
             os.chown(d, owner, owner)
     if owner is not None:
@@ -132,7 +139,7 @@ def _attempt(
         os.chmod(ctx.workdir, 0o711)
         os.chmod(base, 0o711)
     logs = base / "log"
-    logs.mkdir(mode=0o700)
+    logs.mkdir(mode=0o700, exist_ok=True)
     args = dict(params)
     for name in job.inputs:
         if name in message.files:

@@ -2,9 +2,10 @@
 and the sweep of what a killed worker left behind.
 
 * **Quota.**  A worker running as root mounts a size-limited tmpfs (``nosuid,nodev``, capped
-  inodes) on each attempt's directory before the job starts, so everything the job can write
-  there (its work dir, and the captured stdout, stderr and result file beside it) counts
-  against ``SandboxProfile.disk``.  The pages are charged to the job's memory cgroup too.
+  inodes) on each attempt's work dir before the job starts, and another on the directory of
+  its captured stdout, stderr and result file, each of ``SandboxProfile.disk`` bytes (apart, so
+  that a job that filled its work dir can still report).  The pages are charged to the job's
+  memory cgroup too.
   Without the right to mount (an unprivileged worker) there is no per-job quota: only the
   per-file ``file_size`` rlimit bounds what a job writes (docs/security.md says so).
 * **Removal.**  A tmpfs is detached in one call, whatever the job built in it.  A plain
@@ -81,7 +82,7 @@ def sweep(parent: Path) -> int:
 
 def mount_quota(path: Path, size: int) -> bool:
     """Mount a tmpfs of ``size`` bytes on the (empty) directory ``path``; False if not allowed."""
-    options = f"size={max(size, 1 << 20)},nr_inodes={MAX_INODES},mode=0711".encode()
+    options = f"size={max(size, 1 << 20)},nr_inodes={MAX_INODES},mode=0700".encode()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
         log.debug("no quota mount on %s: %s", path, os.strerror(ctypes.get_errno()))
@@ -102,7 +103,7 @@ def can_mount_quota(scratch: Path) -> bool:
         _unmount(probe)
         return True
     finally:
-        remove(probe)
+        remove(probe, [])
 
 
 def used_up(path: Path, size: int) -> bool:
@@ -114,12 +115,12 @@ def used_up(path: Path, size: int) -> bool:
     return st.f_bavail * st.f_frsize < min(size // 100, 1 << 20) or st.f_favail == 0
 
 
-def remove(path: Path, mounted: bool | None = None) -> None:
-    """Remove ``path`` and everything under it: unmount the quota tmpfs, or walk the tree.
+def remove(path: Path, mounts: list[Path] | None = None) -> None:
+    """Remove ``path`` and everything under it: unmount quota tmpfs mounts, or walk the tree.
 
-    ``mounted`` says whether a quota tmpfs is on ``path``; ``None`` looks for mounts under it.
+    ``mounts`` are the quota mounts under ``path``; ``None`` looks them up.
     """
-    points = _mounts_under(path) if mounted is None else [str(path)] if mounted else []
+    points = _mounts_under(path) if mounts is None else [str(m) for m in mounts]
     for point in points:
         _unmount(Path(point))
     if not os.path.lexists(path):
