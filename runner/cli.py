@@ -93,7 +93,8 @@ def worker(
 ) -> None:
     """Consume jobs and run them in sandboxed subprocesses."""
     from runner.broker import connect
-    from runner.worker import Worker, refuse_unsigned
+    from runner.signing import refuse_unsigned
+    from runner.worker import Worker
 
     settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency,
                             allow_unsigned=allow_unsigned or None)

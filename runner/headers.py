@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from runner.broker import Envelope
+
+if TYPE_CHECKING:
+    from runner.message import JobResult
 
 TEXT_BUDGET = 1000  # bytes of one short text header (a dead-letter reason, an error line)
 RESULT_BUDGET = 16 * 1024  # bytes of the x-runner-result summary of a dead job
@@ -85,3 +91,27 @@ def total(headers: Mapping[str, Any]) -> int:
         else:
             count += 9
     return count
+
+
+H_DEAD_RESULT = "x-runner-result"
+# What the x-runner-result header keeps of the last attempt (outputs, value, history: not).
+DEAD_RESULT_FIELDS = ("id", "job", "status", "attempts", "error", "traceback", "exit_code",
+                      "stdout", "stderr", "duration", "worker")
+
+
+def dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
+    """The original job, with why it died and a summary of what its last attempt reported.
+
+    Every header fits its byte budget once encoded (:mod:`runner.headers`): the job's own text
+    may be long and non-ASCII, and an oversized header frame would cost the whole connection.
+    """
+    from runner.message import H_DEAD_ERROR, H_DEAD_REASON  # message imports this module
+
+    headers: dict[str, object] = {H_DEAD_REASON: clip(reason, TEXT_BUDGET)}
+    if result is not None:
+        record = {k: v for k, v in result.to_json().items() if k in DEAD_RESULT_FIELDS}
+        headers[H_DEAD_RESULT] = fit_record(
+            record, RESULT_BUDGET, ("traceback", "stderr", "stdout", "error")
+        )
+        headers[H_DEAD_ERROR] = clip(result.error, TEXT_BUDGET)
+    return replace(env, reply_to=None).with_headers(**headers)

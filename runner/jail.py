@@ -218,6 +218,10 @@ class Jail:
                     chain += [*self.report.unshare_net, "--"]
                 if "setpriv" in tools:
                     base = drop[:-1] if drop else [tools["setpriv"], "--no-new-privs"]
+                    if not drop and self.report.root:
+                        # No slot uid: the job keeps uid 0, but with an empty bounding set
+                        # its next exec gets no capability at all.
+                        base += ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
                     chain += [*base, "--pdeathsig", "KILL", "--"]
                 if isolate and not self.report.root:
                     chain += [*self.report.unshare_net, "--"]

@@ -19,7 +19,6 @@ autoscaler are in :mod:`runner.pool`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import queue
@@ -34,10 +33,10 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from runner import headers as bounded
 from runner import reaper, workdir
+from runner.headers import dead_envelope
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
@@ -48,8 +47,6 @@ from runner.jail import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
-    H_DEAD_ERROR,
-    H_DEAD_REASON,
     H_DELIVERIES,
     MAX_HISTORY,
     JobMessage,
@@ -63,14 +60,10 @@ from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.probe import probe
 from runner.retry import next_delay, policy_for
-from runner.signing import Signed, Verifier, verifier_from_settings
+from runner.signing import Signed, Verifier, refuse_unsigned, verifier_from_settings
 from runner.timing import iso
 
 log = logging.getLogger(__name__)
-H_DEAD_RESULT = "x-runner-result"
-# What the x-runner-result header keeps of the last attempt (outputs, value, history: not).
-DEAD_RESULT_FIELDS = ("id", "job", "status", "attempts", "error", "traceback", "exit_code",
-                      "stdout", "stderr", "duration", "worker")
 
 
 class Worker:
@@ -167,7 +160,7 @@ class Worker:
             self.settings.signing, self.settings.base_dir("signing"), self.bindings
         )
         if self.verifier is None:
-            _refuse_unsigned(self.settings, self.broker.url)
+            refuse_unsigned(self.settings, self.broker.url)
             log.warning(
                 "message signing is off ([signing] trusted is not set): anyone who can publish "
                 "to the broker can run jobs on this worker"
@@ -364,7 +357,7 @@ class Worker:
             return False
         reason = "attempts exhausted" if attempt.verdict is Verdict.RETRY else "failed for good"
         log.warning("job %s %s dead after %d attempts: %s", message.id, job.name, message.attempt, result.error)
-        out = [Outgoing(_dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
+        out = [Outgoing(dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
         if reply_to:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
         if self._settle(delivery, out):
@@ -431,7 +424,7 @@ class Worker:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""
         env = delivery.envelope
         log.error("message %s dead-lettered: %s", env.message_id or "?", reason)
-        out = [Outgoing(_dead_envelope(env, reason, None), Target.DEAD)]
+        out = [Outgoing(dead_envelope(env, reason, None), Target.DEAD)]
         if env.reply_to and env.correlation_id:
             failed = JobResult(
                 id=env.correlation_id, job=env.type, status=JobStatus.FAILED, attempts=0,
@@ -477,55 +470,6 @@ class Worker:
         return True
 
 
-def refuse_unsigned(settings: Settings) -> None:
-    """Refuse (before connecting) to run unsigned jobs from a broker off this host.
-
-    Raises:
-        ConfigError: no ``[signing.trusted]``, a broker not on this host, no ``allow_unsigned``.
-    """
-    if verifier_from_settings(settings.signing, settings.base_dir("signing"), settings.effective_bindings) is None:
-        _refuse_unsigned(settings, settings.broker_url)
-
-
-def _refuse_unsigned(settings: Settings, url: str) -> None:
-    if not settings.allow_unsigned and not on_this_host(url):
-        raise ConfigError(
-            "message signing is off ([signing.trusted] is not set) and the broker is not on "
-            "this host: anyone who can publish to it could run jobs here. Set up signing "
-            "(runner keygen), or start the worker with --allow-unsigned"
-        )
-
-
-def on_this_host(url: str) -> bool:
-    """Whether the broker at ``url`` is reachable from this host only (loopback or a file)."""
-    parts = urlsplit(url)
-    if parts.scheme.startswith("sqlite"):
-        return True
-    host = (parts.hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _attempt_of(env: Envelope) -> int:
     value = env.headers.get(H_ATTEMPT, 1)
     return value if isinstance(value, int) and not isinstance(value, bool) else 1
-
-
-def _dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
-    """The original job, with why it died and a summary of what its last attempt reported.
-
-    Every header fits its byte budget once encoded (:mod:`runner.headers`): the job's own text
-    may be long and non-ASCII, and an oversized header frame would cost the whole connection.
-    """
-    headers: dict[str, object] = {H_DEAD_REASON: bounded.clip(reason, bounded.TEXT_BUDGET)}
-    if result is not None:
-        record = {k: v for k, v in result.to_json().items() if k in DEAD_RESULT_FIELDS}
-        headers[H_DEAD_RESULT] = bounded.fit_record(
-            record, bounded.RESULT_BUDGET, ("traceback", "stderr", "stdout", "error")
-        )
-        headers[H_DEAD_ERROR] = bounded.clip(result.error, bounded.TEXT_BUDGET)
-    return replace(env, reply_to=None).with_headers(**headers)

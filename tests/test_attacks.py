@@ -376,7 +376,7 @@ def test_long_non_ascii_errors_never_cost_the_connection_or_a_bystander(client, 
 def test_headers_of_every_size_of_error_fit_one_frame(amqp_url):
     """Every size of non-ASCII error up to the output limit, through the real RabbitMQ."""
     from runner.message import JobMessage, JobResult, JobStatus, retry_envelope
-    from runner.worker import _dead_envelope
+    from runner.headers import dead_envelope
 
     route = unique_route("h")
     queue = f"test.{route}"
@@ -391,7 +391,7 @@ def test_headers_of_every_size_of_error_fit_one_frame(amqp_url):
                                    error=f"exited with status 1: {text}", traceback=text,
                                    stderr=text, stdout=text)
                 history = [{"attempt": i, "error": text[:5000]} for i in range(20)]
-                broker.publish(_dead_envelope(retry_envelope(env, 2, history), text, result))
+                broker.publish(dead_envelope(retry_envelope(env, 2, history), text, result))
             # every one arrived, and the connection is still the one we started with
             assert eventually(lambda: broker.queue_depth(queue) == len(sizes)), broker.queue_depth(queue)
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import socket
+import ssl
 import urllib.request
 from typing import Any
 
@@ -56,14 +57,15 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host: str, *, address: str, **kwargs: Any) -> None:
-        super().__init__(host, **kwargs)
+    def __init__(self, host: str, *, address: str, tls: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(host, context=tls, **kwargs)
         self._address = address
+        self._tls = tls
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
         # The certificate is checked against the host name, as without pinning.
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def pinned_handlers(address: str) -> list[urllib.request.BaseHandler]:
@@ -73,9 +75,13 @@ def pinned_handlers(address: str) -> list[urllib.request.BaseHandler]:
         def http_open(self, req: urllib.request.Request) -> Any:
             return self.do_open(lambda host, **kw: _PinnedHTTP(host, address=address, **kw), req)
 
+    tls = ssl.create_default_context()  # certificates and host names verified
+
     class HTTPS(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> Any:
-            return self.do_open(lambda host, **kw: _PinnedHTTPS(host, address=address, **kw), req,
-                                context=self._context)
+            return self.do_open(
+                lambda host, **kw: _PinnedHTTPS(host, address=address, tls=tls, timeout=kw.get("timeout")),
+                req,
+            )
 
     return [urllib.request.ProxyHandler({}), HTTP(), HTTPS()]
