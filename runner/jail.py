@@ -299,6 +299,9 @@ def landlock_chain(workdir: Path, read_only: Sequence[str], no_tcp: bool) -> lis
     chain = [python, "-I", "-S", LANDLOCK_SHIM, "--rw", str(workdir), "--rw", "/dev/null"]
     for path in (*LANDLOCK_READ, *etc, *read_only):
         chain += ["--ro", str(path)]
+    # The child interpreter finds runner by listing the package's parent (a source checkout's
+    # root; site-packages when installed): entries only, never a file's contents.
+    chain += ["--list", str(Path(__file__).resolve().parent.parent)]
     return [*chain, *(["--no-tcp"] if no_tcp else []), "--"]
 
 
