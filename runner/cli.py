@@ -93,12 +93,14 @@ def worker(
 ) -> None:
     """Consume jobs and run them in sandboxed subprocesses."""
     from runner.broker import connect
+    from runner import workdir
     from runner.signing import refuse_unsigned
     from runner.worker import Worker
 
     settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency,
                             allow_unsigned=allow_unsigned or None)
     refuse_unsigned(settings)  # before connecting: an unreachable broker would be waited for
+    workdir.private_mounts()  # while this process has one thread: quota mounts die with it
     plugins = app.plugins()
     for err in plugins.errors:
         click.secho(f"plugin error: {err}", fg="red", err=True)

@@ -5,7 +5,8 @@ and the sweep of what a killed worker left behind.
   inodes) on each attempt's work dir before the job starts, and another on the directory of
   its captured stdout, stderr and result file, each of ``SandboxProfile.disk`` bytes (apart, so
   that a job that filled its work dir can still report).  The pages are charged to the job's
-  memory cgroup too.
+  memory cgroup too.  ``runner worker`` mounts them in a mount namespace of its own
+  (:func:`private_mounts`), so they vanish with the worker however it ends.
   Without the right to mount (an unprivileged worker) there is no per-job quota: only the
   per-file ``file_size`` rlimit bounds what a job writes (docs/security.md says so).
 * **Removal.**  A tmpfs is detached in one call, whatever the job built in it.  A plain
@@ -32,8 +33,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".lock"
 MAX_INODES = 262144  # files and directories one job may create in its quota
-MS_NOSUID, MS_NODEV = 2, 4
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
 MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
 
 
 def claim(workroot: Path) -> int:
@@ -78,6 +80,25 @@ def sweep(parent: Path) -> int:
         os.close(fd)
         swept += 1
     return swept
+
+
+def private_mounts() -> bool:
+    """Give this process a mount namespace of its own, where nothing propagates to the host.
+
+    Called by ``runner worker`` at start, while it has one thread (``unshare`` refuses
+    otherwise) and as root: the quota mounts then live and die with the worker, so even a
+    SIGKILLed worker leaves no mount behind (only empty directories for :func:`sweep`).
+    False (and nothing changed) where that is not allowed.
+    """
+    if os.geteuid() != 0:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        log.debug("no private mount namespace: %s", os.strerror(ctypes.get_errno()))
+        return False
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        log.warning("mounts may propagate to the host: %s", os.strerror(ctypes.get_errno()))
+    return True
 
 
 def mount_quota(path: Path, size: int) -> bool:
