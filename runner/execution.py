@@ -94,12 +94,12 @@ def execute(
     # a full work dir leaves room for the result) are its captured output and result file.
     disk = job.sandbox.disk
     mounts: list[Path] = []
-    if jail is not None and jail.quota and disk:
-        for sub in ("job", "log"):
-            (base / sub).mkdir(mode=0o700)
-            if workdir.mount_quota(base / sub, disk):
-                mounts.append(base / sub)
     try:
+        if jail is not None and jail.quota and disk:
+            for sub in ("job", "log"):
+                (base / sub).mkdir(mode=0o700)
+                if workdir.mount_quota(base / sub, disk):
+                    mounts.append(base / sub)
         attempt = _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
             on_progress, shared,
