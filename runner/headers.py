@@ -41,7 +41,7 @@ def clip(text: str | None, budget: int, keep_end: bool = False) -> str:
 
 def encoded(obj: Any) -> str:
     """Compact JSON as stored in a header (UTF-8, not ``\\u``-escaped)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
 
 
 def size(text: str) -> int:
