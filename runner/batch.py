@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 
-from runner.client import Client, JobHandle, WaitTimeout, save_outputs
+from runner.client import Client, JobHandle, OutputRefused, WaitTimeout, save_outputs
 from runner.jobs import JobType
 from runner.local import EXIT_FAILED, EXIT_OK, local_worker
+from runner.untrusted import printable
 
 
 def run_batch(
@@ -74,11 +75,17 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
             continue
         finally:
             done += 1
+        written: list[str] = []
         if result.ok:
             target = Path(options["output_dir"]) if options.get("output_dir") else Path(path).resolve().parent
-            written = [str(p) for p in save_outputs(result, target, client.shared_root)]
+            try:
+                written = [str(p) for p in save_outputs(
+                    result, target, client.shared_root, overwrite=bool(options.get("overwrite")),
+                    inputs=[p for p, _ in handles],  # no output replaces any input of the batch
+                )]
+            except OutputRefused as exc:
+                failed.append((path, str(exc)))
         else:
-            written = []
             failed.append((path, result.error or "failed"))
         records.append({"input": path, "id": handle.id, "status": result.status.value,
                         "outputs": written, "error": result.error})
@@ -95,5 +102,5 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
         click.echo(f"{job.name}: {len(handles) - len(failed)} succeeded, {len(failed)} failed "
                    f"of {len(handles)} in {elapsed:.1f}s ({len(handles) / max(elapsed, 1e-6):.1f}/s)")
         for path, error in failed:
-            click.secho(f"  failed {path}: {error}", fg="red", err=True)
+            click.secho(f"  failed {path}: {printable(error, False)}", fg="red", err=True)
     return EXIT_FAILED if failed else EXIT_OK

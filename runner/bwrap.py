@@ -6,8 +6,9 @@ programs need to start, a fresh ``/proc`` (its own PID namespace), a minimal ``/
 own work directory, the one writable place, bound at the same path.  Every namespace is new;
 the network one is kept only when the job type declares network access.
 
-As root, bubblewrap runs privileged with every capability dropped but SETUID/SETGID, and
-``setpriv`` inside the sandbox drops to the slot's uid before the job starts: root can bind
+As root, bubblewrap runs privileged with every capability dropped but SETUID, SETGID and
+SETPCAP, and ``setpriv`` inside the sandbox clears the bounding set and drops to the slot's uid
+before the job starts: root can bind
 directories a slot uid could not even traverse (a pyenv under ``/root``), and the job still
 never runs as root.  Without root, bubblewrap builds a user namespace and the job keeps the
 worker's uid (``--disable-userns`` stops it from nesting another).
@@ -48,7 +49,10 @@ SYSTEM_BINDS = _system_binds()
 # Not --unshare-all: as root that would add a user namespace mapping only uid 0, and the uid
 # drop inside would fail.  The network namespace is added per job.
 NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try")
-ROOT_CAPS = ("--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID")
+# CAP_SETPCAP too: bwrap leaves the bounding set full, and only with it can setpriv clear the
+# bounding set (--bounding-set=-all) before it drops to the slot uid, which ends all three.
+ROOT_CAPS = ("--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+             "--cap-add", "CAP_SETPCAP")
 
 
 def command(

@@ -19,6 +19,7 @@ from typing import Any
 
 from runner.errors import Reject, Retry
 from runner.context import JobContext
+from runner.outcome import check_value
 
 
 def _call(spec: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def _call(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
         value = func(ctx, **spec["params"])
-        json.dumps(value)  # the value must survive the trip back
+        json.dumps(value, allow_nan=False)  # the value must survive the trip back
+        check_value(value)  # and fit the worker's limits: say so here, with the job's traceback
         return {"ok": True, "value": value}
     except Retry as exc:
         return _failure("retry", exc, delay=exc.delay)

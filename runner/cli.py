@@ -85,13 +85,23 @@ cli.add_command(JobsGroup("run", help="Run a job here, through the full pipeline
 @click.option("--bind", "bindings", multiple=True, help="Routing pattern, e.g. 'heavy.#' (repeatable).")
 @click.option("--concurrency", "-c", metavar="N|MIN..MAX",
               help="Job slots; MIN..MAX grows the pool with the queue and shrinks it when idle.")
+@click.option("--allow-unsigned", is_flag=True, default=None,
+              help="Run unsigned jobs from a broker that is not on this host.")
 @pass_app
-def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: str | None) -> None:
+def worker(
+    app: App, queue: str | None, bindings: tuple[str, ...], concurrency: str | None,
+    allow_unsigned: bool | None,
+) -> None:
     """Consume jobs and run them in sandboxed subprocesses."""
     from runner.broker import connect
+    from runner import workdir
+    from runner.signing import refuse_unsigned
     from runner.worker import Worker
 
-    settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency)
+    settings = app.settings(queue=queue, bindings=bindings, concurrency=concurrency,
+                            allow_unsigned=allow_unsigned or None)
+    refuse_unsigned(settings)  # before connecting: an unreachable broker would be waited for
+    workdir.private_mounts()  # while this process has one thread: quota mounts die with it
     plugins = app.plugins()
     for err in plugins.errors:
         click.secho(f"plugin error: {err}", fg="red", err=True)

@@ -14,6 +14,7 @@ from runner.cli_jobs import App
 from runner.errors import RunnerError
 from runner.signing import Signer, signer_from_settings
 from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
+from runner.untrusted import printable
 
 pass_app = click.make_pass_decorator(App)
 
@@ -27,9 +28,7 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
         "reason": env.headers.get(H_DEAD_REASON, ""),
         "error": env.headers.get(H_DEAD_ERROR, ""),
         "attempts": env.headers.get(H_ATTEMPT),
-        "submitted": (
-            datetime.fromtimestamp(env.timestamp, timezone.utc).isoformat() if env.timestamp else None
-        ),
+        "submitted": _when(env.timestamp),
     }
     if full:
         try:
@@ -44,6 +43,14 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
         record["exit_code"] = last.get("exit_code")
         record["worker"] = last.get("worker")
     return record
+
+
+def _when(timestamp: int | None) -> str | None:
+    """The publisher's timestamp as ISO 8601; whoever published may have put anything there."""
+    try:
+        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def resubmit(broker: Broker, job_id: str, signer: Signer | None = None) -> Envelope:
@@ -83,12 +90,13 @@ def dead_list(app: App, as_json: bool, limit: int) -> None:
     with connect(app.settings().broker_url) as broker:
         records = [describe(e) for e in broker.dead_letters(limit)]
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        click.echo(json.dumps(records, indent=2, default=str))
         return
     if not records:
         click.echo("no dead-lettered jobs")
     for r in records:
-        click.echo(f"{r['id']}  {r['job'] or '?':<12} {r['reason']}: {r['error'] or ''}".rstrip(": "))
+        line = f"{r['id']}  {r['job'] or '?':<12} {r['reason']}: {r['error'] or ''}".rstrip(": ")
+        click.echo(printable(line, False))  # reason and error carry a job's text
 
 
 @dead.command("show")
@@ -103,14 +111,15 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
         raise RunnerError(f"no dead-lettered job {job_id}")
     record = describe(found[0], full=True)
     if as_json:
-        click.echo(json.dumps(record, indent=2))
+        click.echo(json.dumps(record, indent=2, default=str))
         return
     for key in ("id", "job", "routing_key", "reason", "error", "attempts", "submitted", "worker", "exit_code", "params"):
         value = record.get(key)
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+        click.echo(printable(f"{key}: {shown}", False))
     for key in ("traceback", "stderr"):
         if record.get(key):
-            click.echo(f"--- {key} ---\n{record[key].rstrip()}")
+            click.echo(f"--- {key} ---\n{printable(str(record[key]).rstrip())}")
 
 
 @dead.command("retry")

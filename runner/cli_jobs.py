@@ -18,6 +18,7 @@ from runner.config import parse_duration
 from runner.errors import RunnerError
 from runner.jobs import JobType
 from runner.message import JobResult
+from runner.untrusted import printable
 
 
 class Duration(click.ParamType):
@@ -68,6 +69,7 @@ COMMON_OPTIONS = [
     click.Option(["--expires", "opt_expires"], type=When(relative=True), help="Drop the job if not started by then (10m or ISO 8601)."),
     click.Option(["--priority", "opt_priority"], type=click.IntRange(0, 9), default=0, help="0-9, higher first."),
     click.Option(["--output-dir", "opt_output_dir"], type=click.Path(file_okay=False), help="Where outputs go (default: beside the input)."),
+    click.Option(["--overwrite", "opt_overwrite"], is_flag=True, help="Replace existing files with outputs (never an input)."),
     click.Option(["--webhook", "opt_webhook"], help="POST the final result (signed) to this URL."),
     click.Option(["--json", "opt_json"], is_flag=True, help="Print machine-readable JSON."),
 ]
@@ -172,19 +174,22 @@ def print_result(
         record["outputs"] = [str(p) for p in written]
         click.echo(json.dumps(record, indent=2))
         return
+    # Everything below but our own words came from the job (or the worker): no control
+    # characters reach the terminal.
     if result.ok:
-        names = ", ".join(str(p) for p in written) or "no output files"
+        names = ", ".join(printable(p, False) for p in written) or "no output files"
         click.echo(
-            f"{result.job} {result.id} succeeded in {result.duration:.2f}s "
-            f"(attempt {result.attempts}) -> {names}"
+            f"{printable(result.job, False)} {printable(result.id, False)} succeeded in "
+            f"{result.duration:.2f}s (attempt {result.attempts}) -> {names}"
         )
     else:
         click.secho(
-            f"{result.job} {result.id} failed after {result.attempts} attempt(s): {result.error}",
+            f"{printable(result.job, False)} {printable(result.id, False)} failed after "
+            f"{result.attempts} attempt(s): {printable(result.error, False)}",
             fg="red", err=True,
         )
         if debug and (result.traceback or result.stderr.strip()):
-            click.echo((result.traceback or result.stderr).rstrip()[-4000:], err=True)
+            click.echo(printable((result.traceback or result.stderr).rstrip()[-4000:]), err=True)
 
 
 class App:
@@ -246,7 +251,7 @@ class ProgressLine:
         filled = int(self.width * percent / 100)
         counts = f" {progress['done']}/{progress['total']}" if "total" in progress else ""
         text = f"[{'#' * filled}{'.' * (self.width - filled)}] {percent:5.1f}%{counts} "
-        text += str(progress.get("message", ""))[:60]
+        text += printable(progress.get("message", ""), False)[:60]  # the job's text
         click.echo(f"\r{text}\x1b[K", nl=False, err=True)
         self.drawn = True
 

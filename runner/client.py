@@ -8,7 +8,7 @@ Example::
         handle = client.submit("resize", {"size": "200x200"}, files={"image": "photo.jpg"},
                                wait=True)
         result = handle.wait(timeout=60)          # JobResult; raises JobFailed if it failed
-        save_outputs(result, "thumbs/")             # writes photo_200x200.jpg
+        save_outputs(result, "thumbs/")             # writes thumbs/photo_200x200.jpg
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, Jo
 from runner.plugins import Plugins, make_plugins
 from runner.shared import fetch, remove, store_input
 from runner.signing import Signer, signer_from_settings
+from runner.untrusted import name_problem, printable
 from runner.timing import schedule
 
 
@@ -258,26 +259,73 @@ class Client:
         self.close()
 
 
+class OutputRefused(RunnerError):
+    """An output file was not written: its name is not plain, or it would replace a file."""
+
+
 def save_outputs(
-    result: JobResult, directory: str | os.PathLike[str], shared: Path | None = None
+    result: JobResult,
+    directory: str | os.PathLike[str],
+    shared: Path | None = None,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> list[Path]:
     """Write a result's output files into ``directory``; return their paths.
 
+    The names come from the job, so they are checked before anything is written: each must be
+    one plain, visible file name (no separator, no dot file, no control character).  An
+    existing file is never replaced unless ``overwrite`` is set, and one of ``inputs`` never.
     Outputs that came back by reference are copied from ``shared`` (the ``shared_storage``
     directory), verified against their digests, and then removed from it.
+
+    Raises:
+        OutputRefused: a name is not plain, or a file is in the way; nothing was written.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for item in result.outputs:
-        check_file_name(item.name, "output")
-        path = target / item.name
-        if item.ref:
-            path.unlink(missing_ok=True)
-            fetch(shared, item, path)
-        else:
-            path.write_bytes(item.data)
-        paths.append(path)
+    paths = [target / _plain_output_name(item.name) for item in result.outputs]
+    if len(set(paths)) != len(paths):
+        raise OutputRefused("the job returned two outputs of one name; nothing written")
+    protected = [Path(p) for p in inputs]
+    for path in paths:
+        if any(_same_file(path, p) for p in protected):
+            raise OutputRefused(f"output {path} would replace an input; nothing written")
+        if os.path.lexists(path) and not overwrite:
+            raise OutputRefused(f"output {path} exists (--overwrite replaces it); nothing written")
+    for item, path in zip(result.outputs, paths):
+        # Written beside, then renamed over: a symlink at ``path`` is replaced, never followed.
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            if item.ref:
+                fetch(shared, item, temp)
+            else:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(item.data)
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                try:
+                    os.link(temp, path)  # fails if a file appeared meanwhile: never replaced
+                except FileExistsError:
+                    raise OutputRefused(f"output {path} appeared while writing; not replaced") from None
+        finally:
+            temp.unlink(missing_ok=True)
     if any(item.ref for item in result.outputs):
         remove(shared, result.id, "out")
     return paths
+
+
+def _plain_output_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise OutputRefused(f"output name {printable(name, False)[:80]!r} refused: {problem}; nothing written")
+    return name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -53,6 +53,7 @@ class Settings:
     load_plugins: tuple[str, ...] | None = None
     plugins: tuple[str, ...] = ()
     trace_plugins: bool = False
+    allow_unsigned: bool = False  # a worker may run unsigned jobs from a broker off this host
     routes: Mapping[str, str] = field(default_factory=dict)
     jobs: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
@@ -224,7 +225,7 @@ def _convert(key: str, raw: Any, where: str) -> Any:
             return parse_duration(raw, where)
         if key == "inline_limit":
             return parse_size(raw, where)
-        if key == "trace_plugins":
+        if key in ("trace_plugins", "allow_unsigned"):
             return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
         if key in ("bindings", "load_plugins", "plugins"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)

@@ -13,20 +13,22 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import stat
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import sandbox
+from runner import sandbox, workdir
 from runner.jobs import JobContext, JobType, parse_progress
 from runner.message import FileData, JobMessage, JobResult, JobStatus
+from runner.outcome import ERROR_LIMIT, BadOutcome
+from runner.outcome import read as read_outcome
 from runner.shared import fetch, store_output
+from runner.untrusted import name_problem, printable
 
 if TYPE_CHECKING:
     from runner.jail import Jail
@@ -42,8 +44,11 @@ CHILD_BOOT = (
 )
 
 
+MAX_OUTPUTS = 256  # output files one job may hand back
+
+
 class OutputTooLarge(Exception):
-    """The job wrote more output than a result message may carry."""
+    """The job's outputs cannot go back: too large, too many, or a name that is not plain."""
 
 
 class Verdict(str, enum.Enum):
@@ -85,13 +90,27 @@ def execute(
     """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
+    # The job's disk quota: its work dir is a tmpfs of that size, and so (separately, so that
+    # a full work dir leaves room for the result) are its captured output and result file.
+    disk = job.sandbox.disk
+    mounts: list[Path] = []
     try:
-        return _attempt(
+        if jail is not None and jail.quota and disk:
+            for sub in ("job", "log"):
+                (base / sub).mkdir(mode=0o700)
+                if workdir.mount_quota(base / sub, disk):
+                    mounts.append(base / sub)
+        attempt = _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
             on_progress, shared,
         )
+        full = bool(mounts) and disk and workdir.used_up(base / "job", disk)
+        if full and attempt.verdict is not Verdict.SUCCEEDED:
+            error = f"disk quota of {disk} bytes used up; {attempt.result.error}"
+            attempt = replace(attempt, result=replace(attempt.result, error=error))
+        return attempt
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        workdir.remove(base, mounts)
 
 
 def _attempt(
@@ -111,7 +130,7 @@ def _attempt(
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
     for d in (ctx.workdir, ctx.in_dir, ctx.out_dir, ctx.tmp_dir):
-        d.mkdir(mode=0o700)
+        d.mkdir(mode=0o700, exist_ok=d == ctx.workdir)  # the work dir may be a quota mount
         if owner is not None:
             os.chown(d, owner, owner)
     if owner is not None:
@@ -120,7 +139,7 @@ def _attempt(
         os.chmod(ctx.workdir, 0o711)
         os.chmod(base, 0o711)
     logs = base / "log"
-    logs.mkdir(mode=0o700)
+    logs.mkdir(mode=0o700, exist_ok=True)
     args = dict(params)
     for name in job.inputs:
         if name in message.files:
@@ -167,6 +186,7 @@ def _attempt(
         )
         return Attempt(verdict, result, delay)
 
+    malformed = ""
     if job.function is not None:
         spec_path, result_path = logs / "spec.json", logs / "result.json"
         binds, import_path = python_paths(job.function)
@@ -193,7 +213,10 @@ def _attempt(
         finally:
             os.close(spec_fd)
             os.close(result_fd)
-        outcome = _read_outcome(result_path)
+        try:
+            outcome = read_outcome(result_path)
+        except BadOutcome as exc:
+            outcome, malformed = None, f"the job returned a malformed result: {exc}"
     else:
         assert job.argv is not None
         argv = [str(a) for a in job.argv(args, ctx)]
@@ -204,7 +227,9 @@ def _attempt(
         return finish(Verdict.CANCELLED, done, error="cancelled: the worker is shutting down")
     if done.timed_out:
         return finish(Verdict.RETRY, done, error=f"timed out after {timeout:g}s")
-    succeeded = (outcome is not None and outcome.get("ok")) or (
+    if malformed:
+        return finish(Verdict.FATAL, done, error=malformed)
+    succeeded = (outcome is not None and outcome.ok) or (
         outcome is None and job.function is None and done.exit_code == 0
     )
     if done.usage.get("oom_kills"):
@@ -216,20 +241,18 @@ def _attempt(
             )
         except OutputTooLarge as exc:
             return finish(Verdict.FATAL, done, error=str(exc))
-        value = outcome.get("value") if outcome else None
+        value = outcome.value if outcome else None
         return finish(Verdict.SUCCEEDED, done, value=value, outputs=outputs)
     if outcome is not None:
-        kind = outcome.get("kind")
-        if kind == "reject":
+        if outcome.kind == "reject":
             verdict = Verdict.FATAL
-        elif kind == "retry":
+        elif outcome.kind == "retry":
             verdict = Verdict.RETRY
         else:
-            retryable = job.retry.exception_is_retryable(str(outcome.get("exc_type", "")))
+            retryable = job.retry.exception_is_retryable(outcome.exc_type)
             verdict = Verdict.RETRY if retryable else Verdict.FATAL
         return finish(
-            verdict, done, error=outcome.get("error"), traceback=outcome.get("traceback"),
-            delay=outcome.get("delay"),
+            verdict, done, error=outcome.error, traceback=outcome.traceback, delay=outcome.delay,
         )
     # bwrap reports a job killed by a signal as exit status 128 + signal.
     bwrap_signal = jail is not None and "bwrap" in jail.layers and (done.exit_code or 0) > 128
@@ -243,15 +266,9 @@ def _attempt(
         retryable = job.function is not None or job.retry.exit_is_retryable(code)
         verdict = Verdict.RETRY if retryable else Verdict.FATAL
     last = done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else []
+    if last and len(last[0]) > ERROR_LIMIT:  # the job's own text: the error line stays short
+        last = [last[0][:ERROR_LIMIT] + "…"]
     return finish(verdict, done, error=error + (f": {last[0]}" if last else ""))
-
-
-def _read_outcome(path: Path) -> dict[str, Any] | None:
-    try:
-        data = path.read_bytes()
-        return json.loads(data) if data else None
-    except (OSError, ValueError):
-        return None
 
 
 def collect_outputs(
@@ -288,7 +305,7 @@ def collect_outputs(
     files: list[FileData] = []
     total = 0
     try:
-        for name in sorted(os.listdir(out_fd)):
+        for name in _output_names(out_fd):
             try:
                 fd = os.open(name, flags | os.O_NONBLOCK, dir_fd=out_fd)
             except OSError:
@@ -309,6 +326,20 @@ def collect_outputs(
     finally:
         os.close(out_fd)
     return tuple(files)
+
+
+def _output_names(out_fd: int) -> list[str]:
+    """The names in ``out/``, at most :data:`MAX_OUTPUTS`, each one plain file name."""
+    names: list[str] = []
+    with os.scandir(out_fd) as entries:
+        for entry in entries:  # scandir streams: a million entries are never all in memory
+            if len(names) == MAX_OUTPUTS:
+                raise OutputTooLarge(f"more than {MAX_OUTPUTS} output files")
+            problem = name_problem(entry.name)
+            if problem is not None:
+                raise OutputTooLarge(f"output name {printable(entry.name)[:80]!r} refused: {problem}")
+            names.append(entry.name)
+    return sorted(names)
 
 
 def runner_parent() -> str:

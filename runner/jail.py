@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import bwrap, seccomp
+from runner import bwrap, seccomp, workdir
 from runner.cgroup import JobCgroup
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import SandboxProfile
@@ -154,6 +154,8 @@ class Jail:
             )
             raise ConfigError(f"[sandbox] require names layers that are not active here: {reasons}")
         self.read_only = [str(p) for p in config.get("read_only", ())]
+        # A per-job disk quota needs the right to mount (root); tried once, here.
+        self.quota = bool(report.root and workroot is not None and workdir.can_mount_quota(workroot))
         self.lease: UidLease | None = None
         if "uid" in self.layers:
             self.lease = claim_uids(
@@ -166,6 +168,7 @@ class Jail:
         off = [n for n in self.report.layers if n not in self.layers]
         text = f"sandbox layers active: {', '.join(active)}; not active: {', '.join(off) or 'none'}"
         text += "".join(f" ({name}: {note})" for name, note in self.notes.items())
+        text += "; disk quota: " + ("a tmpfs per job" if self.quota else "none (needs root to mount)")
         return text if active else summary(self.report)
 
     def close(self) -> None:
@@ -215,6 +218,10 @@ class Jail:
                     chain += [*self.report.unshare_net, "--"]
                 if "setpriv" in tools:
                     base = drop[:-1] if drop else [tools["setpriv"], "--no-new-privs"]
+                    if not drop and self.report.root:
+                        # No slot uid: the job keeps uid 0, but with an empty bounding set
+                        # its next exec gets no capability at all.
+                        base += ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
                     chain += [*base, "--pdeathsig", "KILL", "--"]
                 if isolate and not self.report.root:
                     chain += [*self.report.unshare_net, "--"]
@@ -292,6 +299,9 @@ def landlock_chain(workdir: Path, read_only: Sequence[str], no_tcp: bool) -> lis
     chain = [python, "-I", "-S", LANDLOCK_SHIM, "--rw", str(workdir), "--rw", "/dev/null"]
     for path in (*LANDLOCK_READ, *etc, *read_only):
         chain += ["--ro", str(path)]
+    # The child interpreter finds runner by listing the package's parent (a source checkout's
+    # root; site-packages when installed): entries only, never a file's contents.
+    chain += ["--list", str(Path(__file__).resolve().parent.parent)]
     return [*chain, *(["--no-tcp"] if no_tcp else []), "--"]
 
 

@@ -23,7 +23,7 @@ ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Options every generated `runner submit <job>` command has; job parameters may not take them.
 RESERVED_FLAGS = frozenset(
     {"--route", "--wait", "--timeout", "--retries", "--delay", "--priority", "--json",
-     "--output-dir", "--wait-timeout", "--webhook", "--help"}
+     "--output-dir", "--overwrite", "--wait-timeout", "--webhook", "--help"}
 )
 
 
@@ -77,6 +77,8 @@ class SandboxProfile:
         file_size: largest file the job may write, in bytes.
         open_files: open file descriptors.
         output_limit: bytes of stdout/stderr kept (the tail).
+        disk: bytes the job may write in all (work dir, captured output): a tmpfs of that
+            size per job where the worker may mount one (as root), see docs/security.md.
         binds: extra read-only binds, ``(host source, destination in the sandbox)`` pairs,
             applied after the system binds so that a file can replace one of them (a job's own
             ``/etc/ImageMagick-6/policy.xml``).  Honoured only by the bubblewrap layer.
@@ -89,10 +91,11 @@ class SandboxProfile:
     file_size: int | None = 1 << 30
     open_files: int | None = 1024
     output_limit: int = 64 * 1024
+    disk: int | None = 1 << 30
     binds: tuple[tuple[str, str], ...] = ()
 
 
-_PROFILE_SIZES = ("memory", "file_size", "output_limit")
+_PROFILE_SIZES = ("memory", "file_size", "output_limit", "disk")
 _PROFILE_COUNTS = ("cpu_seconds", "processes", "open_files")
 
 

@@ -1,11 +1,12 @@
 """Landlock confinement, the file-system (and TCP) fallback where bubblewrap cannot run.
 
 An exec-chain element, not a library: the worker runs
-``python -I -S runner/landlock.py --rw WORKDIR --ro PATH ... [--no-tcp] -- ARGV`` after the uid
+``python -I -S runner/landlock.py --rw WORKDIR --ro PATH ... [--list DIR] [--no-tcp] -- ARGV`` after the uid
 drop, so no Python runs between fork and exec in the (multithreaded) worker.  It restricts
 itself (no_new_privs, then a Landlock ruleset: read and execute beneath the ``--ro`` paths,
-everything beneath the ``--rw`` ones, nothing elsewhere; with ``--no-tcp`` no TCP bind or
-connect at all) and execs the job.  Standard library only: ``-S`` keeps site-packages out.
+everything beneath the ``--rw`` ones, only the entries of the ``--list`` directories (the one
+holding the runner package, which the child interpreter puts on its path), nothing elsewhere;
+with ``--no-tcp`` no TCP bind or connect at all) and execs the job.  Standard library only: ``-S`` keeps site-packages out.
 UDP is not covered by Landlock: the network namespace (``unshare --net``) handles it.
 """
 
@@ -48,7 +49,7 @@ def _add(libc: ctypes.CDLL, ruleset: int, fd: int, rights: int, path: str) -> No
     os.close(fd)
 
 
-def restrict(rw: list[str], ro: list[str], no_tcp: bool) -> None:
+def restrict(rw: list[str], ro: list[str], no_tcp: bool, listed: tuple[str, ...] | list[str] = ()) -> None:
     """Apply the ruleset to this process (and everything it execs)."""
     libc = ctypes.CDLL(None, use_errno=True)
     abi = libc.syscall(SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -63,7 +64,7 @@ def restrict(rw: list[str], ro: list[str], no_tcp: bool) -> None:
     if ruleset < 0:
         _fail("landlock_create_ruleset")
     read = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
-    for paths, allowed in ((ro, read), (rw, fs)):
+    for paths, allowed in ((ro, read), (rw, fs), (listed, FS_READ_DIR)):
         for path in paths:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -86,6 +87,7 @@ def restrict(rw: list[str], ro: list[str], no_tcp: bool) -> None:
 def main(argv: list[str]) -> None:
     rw: list[str] = []
     ro: list[str] = []
+    listed: list[str] = []
     no_tcp = False
     args = iter(argv)
     for arg in args:
@@ -93,6 +95,8 @@ def main(argv: list[str]) -> None:
             rw.append(next(args))
         elif arg == "--ro":
             ro.append(next(args))
+        elif arg == "--list":
+            listed.append(next(args))
         elif arg == "--no-tcp":
             no_tcp = True
         elif arg == "--":
@@ -102,7 +106,7 @@ def main(argv: list[str]) -> None:
         sys.stderr.write("runner-landlock: no command after --\n")
         sys.exit(126)
     program = _resolve(command[0])  # before restricting: later imports may be refused
-    restrict(rw, ro, no_tcp)
+    restrict(rw, ro, no_tcp, listed)
     os.execv(program, command)
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner.client import Client, WaitTimeout, save_outputs
+from runner.client import Client, OutputRefused, WaitTimeout, save_outputs
 from runner.errors import JobFailed
 from runner.jobs import JobType
 
@@ -63,7 +63,14 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         return EXIT_TIMEOUT
     if bar:
         bar.clear()
-    written = save_outputs(result, _output_dir(options, files), client.shared_root) if result.ok else []
+    try:
+        written = save_outputs(
+            result, _output_dir(options, files), client.shared_root,
+            overwrite=bool(options.get("overwrite")), inputs=list(files.values()),
+        ) if result.ok else []
+    except OutputRefused as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return EXIT_FAILED
     print_result(result, written, bool(options.get("json")), debug)
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -86,8 +93,9 @@ def local_worker(app: Any, concurrency: int = 1) -> Iterator[tuple[Client, str]]
     from runner.worker import Worker
 
     route = f"run-{uuid.uuid4().hex[:12]}"
+    # A private one-off queue, gone when the command ends: unsigned jobs are the user's own.
     settings = replace(app.settings(), queue=f"runner.run.{route}", bindings=(f"{route}.#",),
-                       concurrency=concurrency)
+                       concurrency=concurrency, allow_unsigned=True)
     if not app.debug:
         # The one-job worker's start-up notes (signing off, sandbox layers) are for daemons.
         logging.getLogger("runner.worker").setLevel(logging.ERROR)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runner import headers as bounded
 from runner.broker import Envelope
 from runner.errors import MessageError
 
@@ -180,7 +181,7 @@ class JobMessage:
             headers={
                 H_PROTOCOL: PROTOCOL,
                 H_ATTEMPT: self.attempt,
-                **({H_HISTORY: _dump(list(self.history)).decode()} if self.history else {}),
+                **({H_HISTORY: bounded.history(self.history, MAX_HISTORY)} if self.history else {}),
             },
             priority=self.options.priority,
             reply_to=reply_to,
@@ -251,7 +252,7 @@ def retry_envelope(env: Envelope, attempt: int, history: tuple[Mapping[str, Any]
     headers = {k: v for k, v in env.headers.items() if k != H_DELIVERIES}
     headers[H_ATTEMPT] = attempt
     if history:
-        headers[H_HISTORY] = _dump(list(history)[-MAX_HISTORY:]).decode()
+        headers[H_HISTORY] = bounded.history(history, MAX_HISTORY)  # a byte budget, encoded
     return replace(env, headers=headers)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import logging
 import os
 import struct
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -260,3 +262,40 @@ def _check_kid(kid: str, where: str) -> str:
         raise ConfigError(f"{where}: key id {kid!r} must be 1-{MAX_KID} letters, digits, - _ .")
     return kid
 
+
+
+def refuse_unsigned(settings: Any, url: str | None = None) -> None:
+    """Refuse to run unsigned jobs from a broker that is not on this host.
+
+    Checked by ``runner worker`` before it connects (a broker that cannot be reached would be
+    waited for), and by the worker itself when signing is off.
+
+    Raises:
+        ConfigError: no ``[signing.trusted]``, a broker off this host (``url``, default the
+            configured one), and no ``allow_unsigned``.
+    """
+    if settings.allow_unsigned or on_this_host(url or settings.broker_url):
+        return
+    if url is None and verifier_from_settings(
+        settings.signing, settings.base_dir("signing"), settings.effective_bindings
+    ) is not None:
+        return
+    raise ConfigError(
+        "message signing is off ([signing.trusted] is not set) and the broker is not on this "
+        "host: anyone who can publish to it could run jobs here. Set up signing (runner "
+        "keygen), or start the worker with --allow-unsigned"
+    )
+
+
+def on_this_host(url: str) -> bool:
+    """Whether the broker at ``url`` is reachable from this host only (loopback or a file)."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

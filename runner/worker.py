@@ -19,7 +19,6 @@ autoscaler are in :mod:`runner.pool`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -27,6 +26,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -34,7 +34,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner import reaper
+from runner import headers as bounded
+from runner import reaper, workdir
+from runner.headers import dead_envelope
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings, redact_url
 from runner.control import ControlServer
@@ -45,8 +47,6 @@ from runner.jail import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
-    H_DEAD_ERROR,
-    H_DEAD_REASON,
     H_DELIVERIES,
     MAX_HISTORY,
     JobMessage,
@@ -60,12 +60,10 @@ from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.probe import probe
 from runner.retry import next_delay, policy_for
-from runner.signing import Signed, Verifier, verifier_from_settings
+from runner.signing import Signed, Verifier, refuse_unsigned, verifier_from_settings
 from runner.timing import iso
 
 log = logging.getLogger(__name__)
-H_DEAD_RESULT = "x-runner-result"
-DEAD_RESULT_CAP = 32 * 1024
 
 
 class Worker:
@@ -84,7 +82,8 @@ class Worker:
         self.pool = Pool(self, settings.concurrency_min or settings.concurrency,
                          settings.concurrency_min)
         root = settings.workdir or os.path.join(tempfile.gettempdir(), "runner-work")
-        self.workroot = Path(root) / self.name
+        # Unique even for two workers of one name (one process): each sweeps the others' work.
+        self.workroot = Path(root) / f"{self.name}-{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Condition()
@@ -93,6 +92,7 @@ class Worker:
         self.stopped = threading.Event()  # set once run() has returned or failed
         self.processed = 0
         self.jail: Jail | None = None
+        self._workroot_lock: int | None = None
         self.verifier: Verifier | None = None
         self._jobs: dict[str, JobType] = {}
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -140,6 +140,8 @@ class Worker:
                 self._control.stop()
             if self.jail is not None:
                 self.jail.close()
+            if self._workroot_lock is not None:
+                workdir.release(self.workroot, self._workroot_lock)
             self.stopped.set()
 
     def _start_control(self) -> None:
@@ -158,6 +160,7 @@ class Worker:
             self.settings.signing, self.settings.base_dir("signing"), self.bindings
         )
         if self.verifier is None:
+            refuse_unsigned(self.settings, self.broker.url)
             log.warning(
                 "message signing is off ([signing] trusted is not set): anyone who can publish "
                 "to the broker can run jobs on this worker"
@@ -170,6 +173,9 @@ class Worker:
         for name, options in self.settings.jobs.items():
             if isinstance(options, dict) and options.get("rate_limit"):
                 self.limiter.set(name, str(options["rate_limit"]))
+        # Work of a killed worker (its job directories, quota mounts) goes before ours starts.
+        self._workroot_lock = workdir.claim(self.workroot)
+        workdir.sweep(self.workroot.parent)
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
 
@@ -322,7 +328,8 @@ class Worker:
             "worker": self.name,
             "finished_at": round(time.time(), 3),
             "duration": round(attempt.result.duration, 3),
-            "error": attempt.result.error,
+            "error": None if attempt.result.error is None else bounded.clip(
+                attempt.result.error, bounded.HISTORY_ERROR_BUDGET),
             "exit_code": attempt.result.exit_code,
         }
         history = (*message.history, entry)[-MAX_HISTORY:]
@@ -350,7 +357,7 @@ class Worker:
             return False
         reason = "attempts exhausted" if attempt.verdict is Verdict.RETRY else "failed for good"
         log.warning("job %s %s dead after %d attempts: %s", message.id, job.name, message.attempt, result.error)
-        out = [Outgoing(_dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
+        out = [Outgoing(dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
         if reply_to:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
         if self._settle(delivery, out):
@@ -417,7 +424,7 @@ class Worker:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""
         env = delivery.envelope
         log.error("message %s dead-lettered: %s", env.message_id or "?", reason)
-        out = [Outgoing(_dead_envelope(env, reason, None), Target.DEAD)]
+        out = [Outgoing(dead_envelope(env, reason, None), Target.DEAD)]
         if env.reply_to and env.correlation_id:
             failed = JobResult(
                 id=env.correlation_id, job=env.type, status=JobStatus.FAILED, attempts=0,
@@ -466,17 +473,3 @@ class Worker:
 def _attempt_of(env: Envelope) -> int:
     value = env.headers.get(H_ATTEMPT, 1)
     return value if isinstance(value, int) and not isinstance(value, bool) else 1
-
-
-def _dead_envelope(env: Envelope, reason: str, result: JobResult | None) -> Envelope:
-    """The original job, with why it died and (capped) what its last attempt reported."""
-    headers: dict[str, object] = {H_DEAD_REASON: reason[:1000]}
-    if result is not None:
-        record = result.to_json()
-        record.pop("outputs", None)
-        for key in ("traceback", "stderr", "stdout"):
-            if record.get(key) and len(record[key]) > DEAD_RESULT_CAP // 4:
-                record[key] = "…" + record[key][-DEAD_RESULT_CAP // 4 :]
-        headers[H_DEAD_RESULT] = json.dumps(record)
-        headers[H_DEAD_ERROR] = (result.error or "")[:1000]
-    return replace(env, reply_to=None).with_headers(**headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 
 import click
@@ -95,6 +96,75 @@ def network(ctx: JobContext, tcp_port: int, udp_port: int) -> dict:
     return out
 
 
+def forged_result(ctx: JobContext, forgery: str) -> None:
+    """Write the result file by hand, as a compromised job can, and leave without a word."""
+    fd = int(sys.argv[2])  # python -I -c <boot> SPEC_FD RESULT_FD (runner.execution.CHILD_BOOT)
+    fail = '{"ok": false, "kind": "retry", "exc_type": "Retry", "error": "forged", "traceback": null, '
+    if forgery == "delay-soon":
+        os.write(fd, (fail + '"delay": "soon"}').encode())
+    elif forgery == "delay-infinity":
+        os.write(fd, (fail + '"delay": Infinity}').encode())
+    elif forgery in ("huge-error", "huge-value"):
+        head, size = ((fail + '"delay": null, "error": "', 64) if forgery == "huge-error"
+                      else ('{"ok": true, "value": "', 160))
+        os.write(fd, head.encode())
+        chunk = b"\xc3\xa9" * (1 << 19)  # 1 MiB of UTF-8 text per write, never held whole
+        for _ in range(size):
+            os.write(fd, chunk)
+        os.write(fd, b'"}')
+    elif forgery == "deep":
+        os.write(fd, b'{"ok": true, "value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    os._exit(0)
+
+
+def deep_tree(ctx: JobContext, depth: int) -> int:
+    """Nest ``depth`` directories in the work dir (one chdir at a time: no path is too long)."""
+    os.chdir(ctx.tmp_dir)
+    for _ in range(depth):
+        os.mkdir("d")
+        os.chdir("d")
+    with open("bottom", "w") as fh:
+        fh.write("the bottom\n")
+    return depth
+
+
+def fill_disk(ctx: JobContext, files: int, megabytes: int) -> dict:
+    """Write ``files`` files of ``megabytes`` MiB each (every one under file_size)."""
+    written, error = 0, None
+    block = b"x" * (1 << 20)
+    try:
+        for i in range(files):
+            with open(ctx.tmp_dir / f"fill{i}", "wb") as fh:
+                for _ in range(megabytes):
+                    fh.write(block)
+                    written += len(block)
+    except OSError as exc:
+        error = exc.strerror
+    return {"written": written, "error": error}
+
+
+def name_outputs(ctx: JobContext, names: str, source: str | None = None) -> str:
+    """Write one output per name in ``names`` (separated by '|')."""
+    for name in names.split("|"):
+        (ctx.out_dir / name).write_text(f"written by a job as {name!r}\n")
+    return "done"
+
+
+def capabilities(ctx: JobContext) -> dict:
+    with open("/proc/self/status") as fh:
+        return {k: v.strip() for k, _, v in (ln.partition(":") for ln in fh) if k.startswith("Cap")}
+
+
+def error_text(ctx: JobContext, chars: int, text: str = "") -> None:
+    raise RuntimeError(text + "é" * chars)
+
+
+def linger(ctx: JobContext, seconds: int) -> None:
+    (ctx.tmp_dir / "left-behind").write_text("work of a worker that will be killed\n")
+    print("runner-progress: 1/2 lingering", flush=True)
+    time.sleep(seconds)
+
+
 def _sh(script: str):
     return lambda p, ctx: ["sh", "-c", script.format(**p), f"attack-{p.get('marker', 'x')}"]
 
@@ -131,6 +201,30 @@ def register_jobs(register):
                          sandbox=SandboxProfile(network=allowed),
                          params=[click.Option(["--tcp-port"], type=int, required=True),
                                  click.Option(["--udp-port"], type=int, required=True)]))
+    retried = RetryPolicy(attempts=6, backoff=0, jitter=0)
+    register(JobType(name="attack-result", function="attack_jobs:forged_result", retry=retried,
+                     params=[click.Option(["--forgery"], required=True)]))
+    register(JobType(name="attack-deep", function="attack_jobs:deep_tree", retry=ONCE,
+                     params=[click.Option(["--depth"], type=int, default=3000)]))
+    register(JobType(name="attack-disk", function="attack_jobs:fill_disk", retry=ONCE,
+                     sandbox=SandboxProfile(disk=32 << 20, file_size=16 << 20),
+                     params=[click.Option(["--files"], type=int, default=8),
+                             click.Option(["--megabytes"], type=int, default=16)]))
+    register(JobType(name="attack-names", function="attack_jobs:name_outputs", retry=ONCE,
+                     inputs=["source"],
+                     params=[click.Argument(["source"], required=False),
+                             click.Option(["--names"], required=True)]))
+    register(JobType(name="attack-caps", function="attack_jobs:capabilities", retry=ONCE))
+    register(JobType(name="attack-error-text", function="attack_jobs:error_text", retry=ONCE,
+                     params=[click.Option(["--chars"], type=int, required=True),
+                             click.Option(["--text"], default="")]))
+    register(JobType(
+        name="attack-stderr-line", help="One long non-ASCII line on stderr, then exit 1.",
+        argv=lambda p, ctx: ["python3", "-c", f"import sys; sys.stderr.write('é' * {int(p['chars'])}); sys.exit(1)"],
+        params=[click.Option(["--chars"], type=int, required=True)], retry=ONCE,
+    ))
+    register(JobType(name="attack-linger", function="attack_jobs:linger", retry=ONCE,
+                     params=[click.Option(["--seconds"], type=int, default=60)]))
     register(JobType(
         name="attack-symlink", help="Plant a symlink and a hard link to a root-only file in out/.",
         argv=_sh("ln -s {target} out/leak.txt; ln {target} out/hard.txt 2>/dev/null; "

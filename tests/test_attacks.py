@@ -52,11 +52,11 @@ exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --boun
 class WorkerUnderTest:
     """A ``runner worker`` subprocess consuming its own route; log lines collected."""
 
-    def __init__(self, kind: str, amqp_url: str) -> None:
+    def __init__(self, kind: str, amqp_url: str, workdir: Path | None = None) -> None:
         self.kind = kind
         self.route = unique_route("a")
         self.queue = f"test.{self.route}"
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"runner-{kind}-"))
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"runner-{kind}-"))
         self.workdir.chmod(0o711)  # traversable: jobs of slot uids work here even without bwrap
         self.lines: list[str] = []
         self.stash = ""
@@ -307,3 +307,228 @@ def test_symlinks_in_out_to_root_only_files_are_not_followed(client, worker):
     assert result.ok, result.error
     assert [(f.name, f.data) for f in result.outputs] == [("real.txt", b"real\n")]
     still_serving(client, worker)
+
+
+# --- the return path (issue 13): what a job hands back is hostile input too -----------------
+
+CLEARED = "0000000000000000"
+
+
+def starts(worker: WorkerUnderTest, job_id: str) -> int:
+    """How many times the worker started an attempt of ``job_id`` (its INFO log line)."""
+    return sum(1 for ln in worker.lines if f"job {job_id} " in ln and " started" in ln)
+
+
+def worker_python(worker: WorkerUnderTest) -> int:
+    """The pid of the worker's interpreter (under setpriv/unshare it keeps the launcher's pid)."""
+    with open(f"/proc/{worker.pid}/cmdline", "rb") as fh:
+        assert b"runner.cli" in fh.read(), "the worker is not the launched process itself"
+    return worker.pid
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(ln for ln in fh if ln.startswith("VmHWM:")).split()[1])
+
+
+@pytest.mark.parametrize("forgery", ["delay-soon", "delay-infinity", "deep"])
+def test_a_forged_result_file_fails_its_own_job_once(client, worker, forgery):
+    # Two in a row: each used to wedge a slot (an exception outside any try, nothing settled).
+    for _ in range(2):
+        result = run(client, worker, "attack-result", forgery=forgery)
+        assert not result.ok and "returned a malformed result" in result.error, result.error
+        assert result.attempts == 1 and starts(worker, result.id) == 1  # not run 6 times
+    still_serving(client, worker)
+
+
+@pytest.mark.parametrize("forgery", ["huge-error", "huge-value"])
+def test_a_huge_result_file_is_not_read_into_the_worker(client, worker, forgery):
+    pid = worker_python(worker)
+    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+        fh.write("5")  # resets the peak resident set size (VmHWM) to the current one
+    before = peak_rss_kib(pid)
+    result = run(client, worker, "attack-result", forgery=forgery)
+    assert not result.ok and "larger than 8388608 bytes" in result.error, result.error
+    grown = peak_rss_kib(pid) - before
+    assert grown < 150 * 1024, f"the worker grew by {grown} KiB reading a job's result"
+    assert len(result.error) < 1000 and starts(worker, result.id) == 1
+    still_serving(client, worker)
+
+
+def test_long_non_ascii_errors_never_cost_the_connection_or_a_bystander(client, worker):
+    since = len(worker.lines)
+    bystander = client.submit("attack-linger", {"seconds": 10}, route=worker.route, wait=True)
+    worker.wait_for_log(f"job {bystander.id} attack-linger attempt 1 started")
+    # stderr keeps its last 64 KiB (output_limit): 2-byte characters up to past the limit,
+    # and exception text, which goes into the error, the traceback and the history.
+    for job, chars in [("attack-stderr-line", n) for n in (1, 999, 12_000, 21_846, 32_768, 40_000)] + [
+        ("attack-error-text", n) for n in (12_000, 65_536)
+    ]:
+        result = run(client, worker, job, chars=chars)
+        assert not result.ok and "é" in result.error, (job, chars, result.error)
+        assert starts(worker, result.id) == 1, (job, chars)
+    finished = bystander.wait(90, raise_on_failure=False)
+    assert finished.ok, finished.error
+    assert starts(worker, bystander.id) == 1, "the bystander job was run again"
+    lost = [ln for ln in worker.lines[since:] if "lost the connection" in ln]
+    assert lost == [], lost
+    still_serving(client, worker)
+
+
+def test_headers_of_every_size_of_error_fit_one_frame(amqp_url):
+    """Every size of non-ASCII error up to the output limit, through the real RabbitMQ."""
+    from runner.message import JobMessage, JobResult, JobStatus, retry_envelope
+    from runner.headers import dead_envelope
+
+    route = unique_route("h")
+    queue = f"test.{route}"
+    sizes = range(0, 65_537 + 509, 509)
+    with connect(amqp_url) as broker:
+        broker.declare_queue(queue, [f"{route}.#"])
+        try:
+            env = JobMessage(job="echo", params={}, route=route).to_envelope()
+            for chars in sizes:
+                text = "é€\x00"[chars % 3] * chars  # 2, 3 and 6 (\u0000 in JSON) bytes each
+                result = JobResult(id="x", job="echo", status=JobStatus.FAILED, attempts=1,
+                                   error=f"exited with status 1: {text}", traceback=text,
+                                   stderr=text, stdout=text)
+                history = [{"attempt": i, "error": text[:5000]} for i in range(20)]
+                broker.publish(dead_envelope(retry_envelope(env, 2, history), text, result))
+            # every one arrived, and the connection is still the one we started with
+            assert eventually(lambda: broker.queue_depth(queue) == len(sizes)), broker.queue_depth(queue)
+        finally:
+            broker.delete_queue(queue)
+
+
+def test_a_deep_directory_tree_is_removed(client, worker):
+    result = run(client, worker, "attack-deep", depth=3000)
+    assert result.ok and result.value == 3000, result.error
+    roots = [p for p in worker.workdir.iterdir() if p.is_dir()]
+    assert eventually(lambda: all(not any(r.iterdir()) for r in roots)), "work left on the host"
+    assert "worker error" not in "".join(worker.lines)
+    still_serving(client, worker)
+
+
+def test_a_job_cannot_write_more_than_its_disk_quota(client, worker):
+    if worker.kind == "unprivileged":
+        pytest.skip("no per-job disk quota without the right to mount (see docs/security.md)")
+    result = run(client, worker, "attack-disk", files=8, megabytes=16)  # 128 MiB, 16 MiB a file
+    assert result.ok, result.error
+    assert result.value["written"] <= 32 << 20 and result.value["error"] == "No space left on device"
+    still_serving(client, worker)
+
+
+def test_work_of_a_killed_worker_is_swept_at_start(client, worker, amqp_url):
+    workdir = Path(tempfile.mkdtemp(prefix=f"runner-sweep-{worker.kind}-"))
+    if worker.kind == "unprivileged":
+        os.chown(workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    first = WorkerUnderTest(worker.kind, amqp_url, workdir)
+    second = None
+    try:
+        first.wait_for_log("consuming queue")
+        if worker.kind != "unprivileged":  # its quota mounts live and die with it
+            assert os.readlink(f"/proc/{first.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        client.submit("attack-linger", {"seconds": 60}, route=first.route)
+        assert eventually(lambda: list(workdir.glob("*/*/job")), 30), "the job did not start"
+        first.proc.kill()
+        first.proc.wait(30)
+        second = WorkerUnderTest(worker.kind, amqp_url, workdir)
+        second.wait_for_log("consuming queue")
+        assert list(workdir.glob("*/*")) == [], "work of the killed worker is left"
+        with open("/proc/self/mountinfo") as fh:
+            assert str(workdir) not in fh.read(), "a quota mount of the killed worker is left"
+    finally:
+        for w in (first, second):
+            if w is not None:
+                w.stop()
+                with connect(amqp_url) as broker:
+                    broker.delete_queue(w.queue)
+
+
+def test_hostile_output_names_are_refused_by_the_worker(client, worker):
+    for names, problem in [(".bashrc|authorized_keys", "a dot file"),
+                           ("\x1b]2;pwned\x07x.txt|ok.txt", "control or invisible"),
+                           ("ok.txt|\u202etxt.exe", "control or invisible")]:
+        result = run(client, worker, "attack-names", names=names)
+        assert not result.ok and problem in result.error, result.error
+        assert "\x1b" not in result.error and "\x07" not in result.error
+    still_serving(client, worker)
+
+
+def submit_cli(worker: WorkerUnderTest, amqp_url: str, cwd: Path, *args: str, job: str = "attack-names"):
+    env = {**os.environ, "RUNNER_BROKER_URL": amqp_url, "RUNNER_PLUGINS": "jobs_plugin,attack_jobs"}
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", "--debug", "submit", job, *args, "--route",
+         worker.route, "--wait"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_wait_never_replaces_an_input_or_an_existing_file(worker, amqp_url, tmp_path):
+    photo = tmp_path / "photo.txt"
+    photo.write_text("the user's own\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("kept\n")
+    for extra in ((), ("--overwrite",)):
+        done = submit_cli(worker, amqp_url, tmp_path, str(photo), "--names", "photo.txt|new.txt", *extra)
+        assert done.returncode == 1 and "would replace an input" in done.stderr, done.stderr
+        assert photo.read_text() == "the user's own\n" and not (tmp_path / "new.txt").exists()
+    done = submit_cli(worker, amqp_url, tmp_path, str(photo), "--names", "notes.txt")
+    assert done.returncode == 1 and "--overwrite" in done.stderr and notes.read_text() == "kept\n"
+    done = submit_cli(worker, amqp_url, tmp_path, str(photo), "--names", "notes.txt", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert notes.read_text() == "written by a job as 'notes.txt'\n"
+
+
+def test_the_terminal_never_sees_a_jobs_escape_sequences(worker, amqp_url, tmp_path):
+    hostile = "\x1b]0;owned\x07\x1b[2J\x9b31m"
+    done = submit_cli(worker, amqp_url, tmp_path, "--chars", "1", "--text", hostile, job="attack-error-text")
+    printed = done.stderr + done.stdout
+    assert done.returncode == 1 and "RuntimeError: ]0;owned" not in printed, printed
+    assert "RuntimeError: é" in printed and "Traceback" in printed  # the error and, with --debug, the traceback
+    assert not set(printed) & {"\x1b", "\x07", "\x9b"}, repr(printed)
+
+
+def test_the_client_checks_output_names_a_worker_sends(tmp_path):
+    """A hostile worker (or anyone who can publish replies) gets no further than a job."""
+    from runner.client import OutputRefused, save_outputs
+    from runner.message import FileData, JobResult, JobStatus
+
+    for name in (".bashrc", "../escape", "a/b", "x\x1b[31m", "-rf", "..", "\u202eexe.txt"):
+        forged = JobResult(id="f", job="echo", status=JobStatus.SUCCEEDED, attempts=1,
+                           outputs=(FileData(name="fine.txt", data=b"1"), FileData(name=name, data=b"2")))
+        with pytest.raises(OutputRefused, match="refused"):
+            save_outputs(forged, tmp_path)
+        assert os.listdir(tmp_path) == []  # nothing at all of a suspicious result
+
+
+def test_the_capability_bounding_set_is_empty_in_a_job(client, worker):
+    result = run(client, worker, "attack-caps")
+    assert result.ok, result.error
+    assert {k: result.value[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {
+        k: CLEARED for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+    }
+
+
+def test_the_http_job_refuses_loopback_unless_allowed(client, worker, listeners):
+    tcp, _udp, heard = listeners
+    url = f"http://127.0.0.1:{tcp.getsockname()[1]}/admin"
+    result = run(client, worker, "http", url=url)
+    assert not result.ok and "loopback, private or link-local" in result.error, result.error
+    assert not eventually(lambda: heard, 1), "the job reached the loopback listener"
+    still_serving(client, worker)
+
+
+def test_a_worker_refuses_unsigned_jobs_from_a_broker_off_this_host(tmp_path):
+    env = {**os.environ, "RUNNER_BROKER_URL": "amqp://guest:guest@192.0.2.1:5672/",
+           "RUNNER_WORKDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "worker"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "--allow-unsigned" in done.stderr, done.stderr
+
+
+def test_the_docs_say_how_limits_really_apply():
+    table = (TESTS.parent / "docs" / "plugins.md").read_text()
+    assert "not enforced yet" not in table
+    memory = next(ln for ln in table.splitlines() if ln.startswith("| `memory` |"))
+    assert "cgroup" in memory and "OOM" in memory
+    assert "## The return path" in (TESTS.parent / "docs" / "security.md").read_text()

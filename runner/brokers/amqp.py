@@ -39,6 +39,7 @@ import pika.exceptions as pe
 from pika.exchange_type import ExchangeType
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from runner import headers as bounded
 from runner.broker import (
     DEAD_QUEUE,
     EVENTS_EXCHANGE,
@@ -252,6 +253,11 @@ class AmqpBroker(AmqpFleet, Broker):
         if exchange == "" and key != env.routing_key:
             # Sent straight to a queue (retry, delay, dead letter): keep the job's own key.
             headers[H_ROUTING_KEY] = env.routing_key
+        if bounded.total({**env.headers, **headers}) > bounded.FRAME_BUDGET:
+            # Refused here, for this message alone: past frame_max RabbitMQ would close the
+            # connection, and every job in flight on it would run again.
+            raise BrokerError(f"the headers of message {env.message_id} are over "
+                              f"{bounded.FRAME_BUDGET} bytes; not sent")
         try:
             ch.basic_publish(
                 exchange, key, env.body, self._props(env, **headers), mandatory=mandatory

@@ -6,7 +6,9 @@ longer than ``max_wait`` is not slept here: the job raises :class:`runner.Retry`
 delay, so the broker holds the job and no slot is kept busy.  Any other status outside the
 expected ones fails at once (:class:`runner.Reject`) with the status and body in the error.
 Redirects are not followed: a 3xx is a response like any other (and a credential never
-travels to a host it was not configured for).
+travels to a host it was not configured for).  Loopback, private and link-local addresses are
+refused unless ``allowed_hosts`` names the host, checked after resolution, and the request goes
+to the address that was checked (:mod:`runner_http.address`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 import tenacity
 
 from runner import JobContext, Reject, Retry
+from runner_http.address import checked_address, pinned_handlers
 from runner_http.config import host_allowed
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
@@ -133,7 +136,10 @@ def _send(method: str, url: str, headers: list[tuple[str, str]], data: bytes | N
     req = urllib.request.Request(url, data=data, method=method)
     for name, value in headers:
         req.add_header(name, value)
-    opener = urllib.request.build_opener(_NoRedirects())
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    address = checked_address(parts.hostname or "", port, config["allowed_hosts"])
+    opener = urllib.request.build_opener(_NoRedirects(), *pinned_handlers(address))
     limit = config["max_body"]
     try:
         with opener.open(req, timeout=config["request_timeout"]) as resp:
