@@ -33,17 +33,19 @@ TESTS = Path(__file__).parent
 UNPRIVILEGED_UID = 60500  # below the slot uids (61000+)
 SLOT_UIDS = range(61000, 65000)
 SECRET = f"FAKE-CANARY-{uuid.uuid4().hex}"
-# Makes an interpreter installed under /root (pyenv) reachable for an ordinary uid, in a
-# private mount namespace of the worker only; a real deployment installs runner where its
-# service user can read it.
+# Makes what lies under /root (pyenv's interpreter, a venv in ~/.venvs, the checkout) reachable
+# for an ordinary uid, in a private mount namespace of the worker only; a real deployment
+# installs runner where its service user can read it.  $2: those directories, colon-separated.
 UNPRIVILEGED_LAUNCH = r"""
 set -e
 uid=$1; hidden=$2; stash=$3; shift 3
 if [ -n "$hidden" ]; then
-    mount --bind "$hidden" "$stash"
+    dirs=$(printf '%s' "$hidden" | tr ':' ' ')
+    i=0
+    for dir in $dirs; do mkdir "$stash/$i"; mount --bind "$dir" "$stash/$i"; i=$((i + 1)); done
     mount -t tmpfs -o mode=0755 tmpfs /root
-    mkdir -p "$hidden"
-    mount --bind "$stash" "$hidden"
+    i=0
+    for dir in $dirs; do mkdir -p "$dir"; mount --bind "$stash/$i" "$dir"; i=$((i + 1)); done
 fi
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --bounding-set=-all -- "$@"
 """
@@ -72,11 +74,12 @@ class WorkerUnderTest:
             env["RUNNER_CONFIG"] = str(config)
         if kind == "unprivileged":
             os.chown(self.workdir, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
-            # The interpreter itself (sys.base_prefix: a venv's python links to it) may be the
-            # part under /root, while the venv (sys.prefix) lies elsewhere.
-            hidden = ""
-            if sys.base_prefix.startswith("/root/"):
-                hidden = "/root/" + Path(sys.base_prefix).relative_to("/root").parts[0]
+            # The interpreter (sys.base_prefix: a venv's python links to it), the venv
+            # (sys.prefix) and the checkout may each lie under /root.
+            hidden = ":".join(sorted({
+                "/root/" + Path(p).relative_to("/root").parts[0]
+                for p in (sys.base_prefix, sys.prefix, str(TESTS.parent)) if p.startswith("/root/")
+            }))
             self.stash = tempfile.mkdtemp(prefix="runner-stash-")
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", UNPRIVILEGED_LAUNCH,
                     "launch", str(UNPRIVILEGED_UID), hidden, self.stash, *argv]
@@ -110,7 +113,9 @@ class WorkerUnderTest:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.stash:
+        if self.stash:  # empty mount points here (the binds were made in the worker's namespace)
+            for point in Path(self.stash).iterdir():
+                point.rmdir()
             os.rmdir(self.stash)
 
 
