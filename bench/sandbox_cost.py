@@ -1,6 +1,6 @@
 """Per-job cost of each sandbox layer, against a bare subprocess.
 
-Spawns a trivial job (``/bin/true``) through the real exec chain that :class:`runner.jail.Jail`
+Spawns a trivial job (``/bin/true``) through the real exec chain that :class:`runner.sandbox.chain.Jail`
 builds, once per layer combination, and reports the median wall time of spawn + wait + cleanup
 over repeated runs (``--runs``: blocks of back-to-back jobs per combination, the blocks
 taking turns over three rounds, each block after a few warm-up runs).  A second table does the same for a
@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import reaper, sandbox
+from runner.sandbox import reaper
+from runner.sandbox import run as sandbox
 from runner.execution import python_paths
-from runner.jail import Jail
+from runner.sandbox.chain import Jail
 from runner.jobs import SandboxProfile
-from runner.probe import probe
+from runner.sandbox.probe import probe
 
 ALL = ("uid", "cgroup", "network", "bwrap", "seccomp")
 # (label, layers kept on top of the basic layer)
@@ -114,7 +115,7 @@ def measure(runs: int) -> dict:
             row = {"layers": label}
             row.update({"unavailable": unavailable[label]} if label in unavailable else {"median_ms": medians[label]})
             results["true"].append(row)
-        binds = python_paths("runner.child:main")[0]
+        binds = python_paths("runner.sandbox.child:main")[0]
         medians = round_robin({"bare subprocess": lambda: bare(py, bare_dir),
                                "full sandbox": jailed(ALL, py, binds)}, runs)
         results["python"] = [{"layers": k, "median_ms": v} for k, v in medians.items()]

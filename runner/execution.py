@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import sandbox
+from runner.sandbox import run as sandbox
 from runner.jobs import JobContext, JobType, parse_progress
 from runner.message import FileData, JobMessage, JobResult, JobStatus
 from runner.shared import fetch, store_output
 
 if TYPE_CHECKING:
-    from runner.jail import Jail
+    from runner.sandbox.chain import Jail
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # directory on sys.path); the runner package's own parent is put first explicitly.
 CHILD_BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from runner.child import main; sys.exit(main(sys.argv))"
+    "from runner.sandbox.child import main; sys.exit(main(sys.argv))"
 )
 
 

@@ -34,14 +34,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner import reaper
+from runner.sandbox import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
 from runner.ratelimit import H_RATE_SLOT, RateLimiter
 from runner.errors import ConfigError, JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
-from runner.jail import Jail
+from runner.sandbox.chain import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
@@ -58,7 +58,7 @@ from runner.message import (
 from runner.handover import H_GUARD, Guardian
 from runner.plugins import Plugins
 from runner.pool import Pool
-from runner.probe import probe
+from runner.sandbox.probe import probe
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, verifier_from_settings
 from runner.timing import iso

@@ -15,7 +15,7 @@ from runner.broker import connect
 from runner.client import Client
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import JobType, SandboxProfile, tighten
-from runner.probe import LAYERS
+from runner.sandbox.probe import LAYERS
 from runner.testing import running_worker
 
 CLI = [sys.executable, "-m", "runner.cli"]
@@ -118,7 +118,7 @@ def test_loosening_in_config_stops_the_worker(plugins, settings_factory, route):
 
 
 def test_debug_logs_the_exact_exec_chain(plugins, settings_factory, route, amqp_url, caplog):
-    with caplog.at_level(logging.DEBUG, logger="runner.jail"):
+    with caplog.at_level(logging.DEBUG, logger="runner.sandbox.chain"):
         with running_worker(settings_factory(route), plugins), \
                 Client(connect(amqp_url), plugins, settings_factory("client")) as client:
             assert client.submit("envdump", route=route, wait=True).wait(30).ok

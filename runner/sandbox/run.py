@@ -4,7 +4,7 @@ The basic layer (DESIGN §7.1), always on: the job gets its own session and proc
 whole tree is killed on timeout: SIGTERM, a grace period, then SIGKILL, and any process the job
 left behind is killed when it exits), a scrubbed environment, stdin closed and output captured
 to files with a size cap.  The other layers (rlimits, parent-death signal, slot uid, bubblewrap,
-seccomp, cgroups) are an exec chain that :class:`runner.jail.Jail` prepares; without one,
+seccomp, cgroups) are an exec chain that :class:`runner.sandbox.chain.Jail` prepares; without one,
 :func:`limit_chain` gives the basic rlimits and parent-death signal.
 
 No Python code runs between fork and exec in the (multithreaded) worker: everything is done by
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import reaper
+from runner.sandbox import reaper
 from runner.errors import RunnerError
 from runner.jobs import SandboxProfile
 
 if TYPE_CHECKING:
-    from runner.jail import Launch
+    from runner.sandbox.chain import Launch
 
 log = logging.getLogger(__name__)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -104,7 +104,7 @@ def run(
     ``logs`` is a directory outside the job's reach where stdout and stderr are captured.
     Setting ``cancel`` ends the job early the same way a timeout does.  ``progress`` gets each
     progress marker line the job prints on stdout, while it runs.  With ``launch`` (from
-    :meth:`runner.jail.Jail.prepare`) its chain replaces the basic one, and its cgroup is
+    :meth:`runner.sandbox.chain.Jail.prepare`) its chain replaces the basic one, and its cgroup is
     killed and its figures read when the job ends.
     """
     if launch is None:
