@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.sandbox import run as sandbox
-from runner.jobs import JobContext, JobType, parse_progress
+from runner.jobs import JobContext, JobType, SandboxProfile, parse_progress
 from runner.message import FileData, JobMessage, JobResult, JobStatus
 from runner.shared import fetch, store_output
 
 if TYPE_CHECKING:
     from runner.sandbox.chain import Jail
+    from runner.sandbox.warm import SlotHost, WarmSlots
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def execute(
     slot: int = 0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    warm: WarmSlots | None = None,
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
@@ -81,17 +83,23 @@ def execute(
     worker is root; without one, only the basic layer applies.  ``on_progress`` receives the
     progress records (:func:`runner.jobs.parse_progress`) the job reports while it runs.
     ``shared`` is the shared storage directory: inputs sent by reference are copied from it,
-    and outputs past the inline limit go back through it.
+    and outputs past the inline limit go back through it.  With ``warm`` slots the job is
+    forked by the slot's warm host (:mod:`runner.sandbox.warm`) instead of a new exec chain.
     """
+    host = warm.host_for(slot, job) if warm is not None else None
+    if host is not None and warm is not None:
+        root = warm.jobs_dir(slot)
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
         return _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
-            on_progress, shared,
+            on_progress, shared, host, warm.logs_dir(slot) if warm is not None and host else None,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        if host is not None and warm is not None:
+            warm.clean(slot)
 
 
 def _attempt(
@@ -107,6 +115,8 @@ def _attempt(
     slot: int,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    host: SlotHost | None = None,
+    host_logs: Path | None = None,
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -119,8 +129,11 @@ def _attempt(
         # traverse to the work dir; nobody may list ``base`` or enter its ``log``.
         os.chmod(ctx.workdir, 0o711)
         os.chmod(base, 0o711)
-    logs = base / "log"
-    logs.mkdir(mode=0o700)
+    if host_logs is not None:  # the slot's own, outside every job's reach
+        logs = host_logs
+    else:
+        logs = base / "log"
+        logs.mkdir(mode=0o700)
     args = dict(params)
     for name in job.inputs:
         if name in message.files:
@@ -145,6 +158,12 @@ def _attempt(
                 report(record)
 
     def run(argv: list[str], read_only: tuple[str, ...] = (), fds: tuple[int, ...] = ()) -> sandbox.Completed:
+        if host is not None and jail is not None:
+            return host.run(
+                "function" if job.function is not None else "argv", argv, fds, cwd=ctx.workdir,
+                env=env, logs=logs, profile=job.sandbox, limits=job_limits(job.sandbox, jail, slot),
+                timeout=timeout, grace=grace, cancel=cancel, progress=progress, slot=slot, jail=jail,
+            )
         launch = jail.prepare(job.sandbox, argv, ctx.workdir, slot, read_only) if jail else None
         return sandbox.run(
             argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout, grace=grace,
@@ -232,7 +251,9 @@ def _attempt(
             delay=outcome.get("delay"),
         )
     # bwrap reports a job killed by a signal as exit status 128 + signal.
-    bwrap_signal = jail is not None and "bwrap" in jail.layers and (done.exit_code or 0) > 128
+    bwrap_signal = (
+        jail is not None and "bwrap" in jail.layers and not done.direct_status and (done.exit_code or 0) > 128
+    )
     if done.signal is not None or bwrap_signal:
         sig = done.signal if done.signal is not None else (done.exit_code or 0) - 128
         error = f"killed by signal {sig}"
@@ -244,6 +265,22 @@ def _attempt(
         verdict = Verdict.RETRY if retryable else Verdict.FATAL
     last = done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else []
     return finish(verdict, done, error=error + (f": {last[0]}" if last else ""))
+
+
+def job_limits(profile: SandboxProfile, jail: Jail, slot: int) -> dict[str, int]:
+    """The rlimits a warm slot's job sets for itself (as the cold chain's prlimit would)."""
+    if "rlimits" not in jail.layers:
+        return {}
+    limits = {"core": 0}
+    values: list[tuple[str, int | None]] = [
+        ("cpu", profile.cpu_seconds), ("fsize", profile.file_size), ("nofile", profile.open_files),
+    ]
+    if jail.uid_for(slot) is not None:  # RLIMIT_NPROC counts every process of the real uid
+        values.append(("nproc", profile.processes))
+    if "cgroup" not in jail.layers:  # a cgroup limit is exact; RLIMIT_AS breaks big mappings
+        values.append(("as", profile.memory))
+    limits.update({name: value for name, value in values if value is not None})
+    return limits
 
 
 def _read_outcome(path: Path) -> dict[str, Any] | None:

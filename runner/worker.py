@@ -59,6 +59,7 @@ from runner.handover import H_GUARD, Guardian
 from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.sandbox.probe import probe
+from runner.sandbox.warm import DEFAULT_MAX_JOBS, WarmSlots
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, verifier_from_settings
 from runner.timing import iso
@@ -93,6 +94,7 @@ class Worker:
         self.stopped = threading.Event()  # set once run() has returned or failed
         self.processed = 0
         self.jail: Jail | None = None
+        self.warm: WarmSlots | None = None
         self.verifier: Verifier | None = None
         self._jobs: dict[str, JobType] = {}
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -138,6 +140,8 @@ class Worker:
             self.guardian.stop()
             if self._control is not None:
                 self._control.stop()
+            if self.warm is not None:
+                self.warm.close()
             if self.jail is not None:
                 self.jail.close()
             self.stopped.set()
@@ -172,6 +176,23 @@ class Worker:
                 self.limiter.set(name, str(options["rate_limit"]))
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
+        self._start_warm_slots()
+
+    def _start_warm_slots(self) -> None:
+        """Warm slots (docs/security.md) where the sandbox allows them and they are not off."""
+        config = self.settings.sandbox
+        warm, max_jobs = config.get("warm", True), config.get("max_jobs_per_slot", DEFAULT_MAX_JOBS)
+        if not isinstance(warm, bool):
+            raise ConfigError("[sandbox] warm: expected true or false")
+        if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1:
+            raise ConfigError("[sandbox] max_jobs_per_slot: expected a positive integer")
+        why_not = WarmSlots.supported(self.jail) if warm else "[sandbox] warm = false"
+        if why_not is not None:
+            log.info("warm slots off (%s): every job gets its own exec chain", why_not)
+            return
+        assert self.jail is not None
+        self.warm = WarmSlots(self.jail, self._jobs, self.workroot, self.concurrency, max_jobs)
+        log.info("warm slots on: each slot forks its jobs from a slot host (max_jobs_per_slot %d)", max_jobs)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish for ``grace`` seconds, then requeue them.
@@ -264,6 +285,7 @@ class Worker:
                     output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
                     slot=slot, on_progress=self._progress_reporter(job, message, env),
                     shared=Path(self.settings.shared_storage) if self.settings.shared_storage else None,
+                    warm=self.warm,
                 )
             except MessageError as exc:
                 # An input on shared storage that differs from the (signed) message: never run.

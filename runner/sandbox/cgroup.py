@@ -153,6 +153,11 @@ class JobCgroup:
         procs = [str(d / "cgroup.procs") for d in self.dirs]
         return ["/bin/sh", "-c", JOIN_SCRIPT, "runner-cgroup", *procs, "--"]
 
+    def attach(self, pid: int) -> None:
+        """Move process ``pid`` (and its threads) into every group of the job."""
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(pid))
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for d in self.dirs:

@@ -126,7 +126,8 @@ class Jail:
         workroot: Path | None = None,
     ) -> None:
         self.report = report
-        unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only"})
+        unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only",
+                                        "warm", "max_jobs_per_slot"})
         if unknown:
             raise ConfigError(f"[sandbox]: unknown setting {unknown[0]!r}")
         disabled = set(_names(config.get("disable", ()), "disable"))

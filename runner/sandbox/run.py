@@ -51,6 +51,7 @@ class Completed:
     stderr: str
     duration: float
     usage: dict[str, int] = field(default_factory=dict)  # cgroup figures: oom_kills, ...
+    direct_status: bool = False  # the job's own status (a warm slot), not one bwrap relayed
 
 
 def _tool(name: str) -> str:
@@ -134,14 +135,14 @@ def run(
     if launch is not None:
         launch.close()
     with reaper.tracking(proc.pid):
-        watch = _ProgressWatch(out_path, progress) if progress is not None else None
+        watch = ProgressWatch(out_path, progress) if progress is not None else None
         return _wait(proc, timeout, grace, cancel, launch, profile, out_path, err_path, started, watch)
 
 
 def _wait(
     proc: subprocess.Popen[bytes], timeout: float, grace: float, cancel: threading.Event | None,
     launch: Launch | None, profile: SandboxProfile, out_path: Path, err_path: Path, started: float,
-    watch: _ProgressWatch | None = None,
+    watch: ProgressWatch | None = None,
 ) -> Completed:
     timed_out = cancelled = False
     deadline = started + timeout
@@ -206,7 +207,7 @@ def _cleanup_on_error(launch: Launch | None) -> Iterator[None]:
         raise
 
 
-class _ProgressWatch:
+class ProgressWatch:
     """Reads what a job appended to its stdout file and passes on the progress marker lines."""
 
     def __init__(self, path: Path, report: Callable[[str], None]) -> None:
