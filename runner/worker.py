@@ -186,12 +186,15 @@ class Worker:
             raise ConfigError("[sandbox] warm: expected true or false")
         if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1:
             raise ConfigError("[sandbox] max_jobs_per_slot: expected a positive integer")
+        job_cgroups = config.get("job_cgroups", False)
+        if not isinstance(job_cgroups, bool):
+            raise ConfigError("[sandbox] job_cgroups: expected true or false")
         why_not = WarmSlots.supported(self.jail) if warm else "[sandbox] warm = false"
         if why_not is not None:
             log.info("warm slots off (%s): every job gets its own exec chain", why_not)
             return
         assert self.jail is not None
-        self.warm = WarmSlots(self.jail, self._jobs, self.workroot, self.concurrency, max_jobs)
+        self.warm = WarmSlots(self.jail, self._jobs, self.workroot, self.concurrency, max_jobs, job_cgroups)
         log.info("warm slots on: each slot forks its jobs from a slot host (max_jobs_per_slot %d)", max_jobs)
 
     def stop(self, grace: float | None = None) -> None:

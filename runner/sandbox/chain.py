@@ -127,7 +127,7 @@ class Jail:
     ) -> None:
         self.report = report
         unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only",
-                                        "warm", "max_jobs_per_slot"})
+                                        "warm", "max_jobs_per_slot", "job_cgroups"})
         if unknown:
             raise ConfigError(f"[sandbox]: unknown setting {unknown[0]!r}")
         disabled = set(_names(config.get("disable", ()), "disable"))
