@@ -97,9 +97,11 @@ def execute(
             on_progress, shared, host, warm.logs_dir(slot) if warm is not None and host else None,
         )
     finally:
-        shutil.rmtree(base, ignore_errors=True)
         if host is not None and warm is not None:
+            warm.discard(base)
             warm.clean(slot)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _attempt(

@@ -52,7 +52,7 @@ exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --boun
 class WorkerUnderTest:
     """A ``runner worker`` subprocess consuming its own route; log lines collected."""
 
-    def __init__(self, kind: str, amqp_url: str) -> None:
+    def __init__(self, kind: str, amqp_url: str, concurrency: int = 2) -> None:
         self.kind = kind
         self.route = unique_route("a")
         self.queue = f"test.{self.route}"
@@ -65,7 +65,7 @@ class WorkerUnderTest:
             "RUNNER_PLUGINS": "jobs_plugin,attack_jobs", "RUNNER_TEST_SECRET": SECRET,
         }
         argv = [sys.executable, "-m", "runner.cli", "worker", "--queue", self.queue,
-                "--bind", f"{self.route}.#", "-c", "2"]
+                "--bind", f"{self.route}.#", "-c", str(concurrency)]
         if kind == "landlock":  # no bubblewrap: Landlock confines the file system instead
             config = self.workdir.parent / f"runner-{self.route}.toml"
             config.write_text('[sandbox]\ndisable = ["bwrap"]\n')

@@ -1,6 +1,6 @@
 """The slot host: started once per warm slot inside the slot's sandbox, it forks every job.
 
-``python -I [-S] host.py CTL_FD [--private-tmp] [--path DIR]... [--preload MODULE]...``
+``python -I [-S] host.py CTL_FD --domain pidns|uid:N [--private-tmp] [--path DIR]... [--preload MODULE]...``
 
 The worker builds the sandbox once (the exec chain of :mod:`runner.sandbox.chain`: cgroup,
 rlimits, bubblewrap or Landlock, seccomp, the slot uid) and runs this program at its end.  It
@@ -14,6 +14,13 @@ cgroup (the worker learns its pid from ``SCM_CREDENTIALS``).  When the child exi
 reports it, then kills every other process it can signal (``kill(-1)``: in the slot's PID
 namespace, or as the slot uid, those are the job's leftovers only), reaps them (it is their
 subreaper) and, with ``--private-tmp``, empties the sandbox's own ``/tmp`` and ``/dev/shm``.
+
+``kill(-1)`` is only safe inside a kill domain of the slot's own, so ``--domain`` names it and
+the host checks it before anything else, and refuses to start if it does not hold: ``pidns``,
+a fresh PID namespace (not the initial one) in which the host is the first process after
+bubblewrap's init; ``uid:N``, the host's real and effective uid are the slot uid ``N`` (never
+0).  Outside such a domain the same call would signal every process of the uid, or as root
+every process of the machine.
 
 The host is a zygote: its memory is every job's starting memory, so it holds nothing secret
 (it never sees a message signature, key or broker URL: only what one job needs).  It stays
@@ -53,6 +60,40 @@ def _prctl(option: int, value: int) -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # PROC_PID_INIT_INO, the same on every Linux
+_domain_checked = False
+
+
+def check_domain(domain: str) -> str | None:
+    """Why ``kill(-1)`` would reach beyond this slot's own processes (None: it would not)."""
+    if domain == "pidns":
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError as exc:
+            return f"cannot read the PID namespace: {exc}"
+        if namespace == INITIAL_PID_NAMESPACE:
+            return "not in a PID namespace of its own"
+        if os.getppid() != 1 or os.getpid() > 2:
+            return "not the first process of its PID namespace"
+        return None
+    kind, _, value = domain.partition(":")
+    if kind == "uid" and value.isdigit() and int(value) != 0:
+        if os.getuid() == os.geteuid() == int(value):
+            return None
+        return f"runs as uid {os.getuid()}/{os.geteuid()}, not the slot uid {value}"
+    return f"no kill domain {domain!r}"
+
+
+def _kill_all(sig: int) -> None:
+    """Signal every process of the slot's kill domain but the host (``kill(-1)``)."""
+    if not _domain_checked:
+        raise RuntimeError("kill(-1) outside a checked kill domain")
+    try:
+        os.kill(-1, sig)  # never the caller itself, nor PID 1
+    except OSError:
+        pass
 
 
 def _send(ctl: socket.socket, **message: Any) -> None:
@@ -119,10 +160,7 @@ def _sweep() -> bool:
     """Kill and reap every process the host may signal; False if some would not go."""
     deadline = time.monotonic() + SWEEP_SECONDS
     while time.monotonic() < deadline:
-        try:
-            os.kill(-1, signal.SIGKILL)  # never the caller itself, nor PID 1
-        except OSError:
-            pass
+        _kill_all(signal.SIGKILL)
         try:
             while (pid := os.waitpid(-1, os.WNOHANG)[0]) != 0:
                 pass
@@ -186,14 +224,11 @@ def _run(ctl: socket.socket, request: dict[str, Any], fds: list[int], private_tm
             if not data:  # the worker is gone: so is the job
                 alive = False
                 poller.unregister(ctl)
-                os.kill(-1, signal.SIGKILL)
+                _kill_all(signal.SIGKILL)
                 continue
             message = json.loads(data)
             if message.get("op") == "signal":
-                try:
-                    os.kill(-1, int(message["sig"]))  # the job and all it started
-                except OSError:
-                    pass
+                _kill_all(int(message["sig"]))  # the job and all it started
     os.close(pidfd)
     _, status = os.waitpid(pid, 0)
     if alive:
@@ -206,18 +241,27 @@ def _run(ctl: socket.socket, request: dict[str, Any], fds: list[int], private_tm
 
 
 def main(argv: list[str]) -> int:
+    global _domain_checked
     ctl = socket.socket(fileno=int(argv[1]))
     paths: list[str] = []
     preload: list[str] = []
     args = iter(argv[2:])
     private_tmp = False
+    domain = ""
     for arg in args:
-        if arg == "--path":
+        if arg == "--domain":
+            domain = next(args)
+        elif arg == "--path":
             paths.append(next(args))
         elif arg == "--preload":
             preload.append(next(args))
         elif arg == "--private-tmp":
             private_tmp = True
+    unsafe = check_domain(domain)
+    if unsafe is not None:
+        sys.stderr.write(f"runner slot host: refusing to start: {unsafe}\n")
+        return 2
+    _domain_checked = True
     _prctl(PR_SET_DUMPABLE, 0)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     sys.path[0:0] = [p for p in paths if p not in sys.path]

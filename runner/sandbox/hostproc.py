@@ -38,14 +38,15 @@ class HostSpec:
     paths: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
     private_tmp: bool = False
+    domain: str = ""  # the host's kill domain: "pidns" or "uid:N" (runner.sandbox.host)
 
     @classmethod
-    def build(cls, kind: str, modules: list[str], private_tmp: bool) -> HostSpec:
+    def build(cls, kind: str, modules: list[str], private_tmp: bool, domain: str) -> HostSpec:
         if kind == "argv":
             # The system interpreter, standard library only: an argv job's view gains nothing
             # but this one script (its /usr is bound anyway).
             python = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
-            return cls(kind, (python, "-I", "-S"), (HOST_SCRIPT,), private_tmp=private_tmp)
+            return cls(kind, (python, "-I", "-S"), (HOST_SCRIPT,), private_tmp=private_tmp, domain=domain)
         from runner.execution import python_paths  # the same view a cold function job gets
 
         binds: list[str] = [HOST_SCRIPT]
@@ -55,10 +56,10 @@ class HostSpec:
             binds += more_binds
             paths += more_paths
         return cls(kind, (sys.executable, "-I"), tuple(dict.fromkeys(binds)),
-                   tuple(dict.fromkeys(paths)), ("runner.sandbox.child", *modules), private_tmp)
+                   tuple(dict.fromkeys(paths)), ("runner.sandbox.child", *modules), private_tmp, domain)
 
     def argv(self, ctl_fd: int) -> list[str]:
-        argv = [*self.python, HOST_SCRIPT, str(ctl_fd)]
+        argv = [*self.python, HOST_SCRIPT, str(ctl_fd), "--domain", self.domain]
         if self.private_tmp:
             argv.append("--private-tmp")
         for path in self.paths:
