@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -96,6 +97,8 @@ class SlotHost:
     ) -> Completed:
         """Run one job in this host and wait for it, at most ``timeout`` seconds."""
         self.jobs += 1
+        if kind == "argv":
+            log.debug("slot %d: the slot host forks and execs: %s", slot, shlex.join(argv))
         started = time.monotonic()
         out_path, err_path = logs / "stdout", logs / "stderr"
         cgroup = None
