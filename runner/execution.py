@@ -88,8 +88,9 @@ def execute(
     """
     host = warm.host_for(slot, job) if warm is not None else None
     if host is not None and warm is not None:
-        root = warm.jobs_dir(slot)
-    root.mkdir(parents=True, exist_ok=True)
+        root = warm.jobs_dir(slot)  # made with the host
+    else:
+        root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
         return _attempt(

@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -67,6 +68,7 @@ from runner.timing import iso
 log = logging.getLogger(__name__)
 H_DEAD_RESULT = "x-runner-result"
 DEAD_RESULT_CAP = 32 * 1024
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 class Worker:
@@ -118,6 +120,9 @@ class Worker:
                 sandbox or signing settings are wrong; nothing was consumed.
         """
         self._start_sandbox()
+        # Each job crosses threads several times (connection -> slot -> connection): a thread
+        # waiting for the GIL would otherwise wait up to the default 5 ms switch interval.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.broker.declare_queue(self.queue, self.bindings)
             self._start_control()

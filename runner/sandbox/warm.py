@@ -75,13 +75,13 @@ class SlotHost:
         self.broken = False
         group = process.launch.cgroup if process.launch is not None else None
         self.slot_group = None if job_cgroups else group
-        self._counted = self.slot_group.stats() if self.slot_group is not None else {}
+        self._counted = self.slot_group.counters() if self.slot_group is not None else {}
 
     def _slot_usage(self) -> dict[str, int]:
         """What the slot's own group counted during the last job (OOM kills, process-cap hits)."""
         if self.slot_group is None:
             return {}
-        now = self.slot_group.stats()
+        now = self.slot_group.counters()
         usage = {k: now[k] - self._counted.get(k, 0) for k in ("oom_kills", "pids_max_hits") if k in now}
         self._counted = now
         return {k: v for k, v in usage.items() if v > 0}
@@ -230,6 +230,7 @@ class WarmSlots:
                 self._modules.setdefault(HostKey.of(job), set()).add(job.function.partition(":")[0])
         self._lock = threading.Lock()
         self._trash = workroot / "trash"
+        self._trash_made = False
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._janitor = threading.Thread(target=self._sweep_trash, name="janitor", daemon=True)
         self._janitor.start()
@@ -240,7 +241,9 @@ class WarmSlots:
         One rename instead of a dozen directory removals before the outcome goes out: on a disk
         that RabbitMQ keeps busy with fsyncs, each removal can cost a millisecond.
         """
-        self._trash.mkdir(mode=0o700, exist_ok=True)
+        if not self._trash_made:
+            self._trash.mkdir(mode=0o700, exist_ok=True)
+            self._trash_made = True
         try:
             gone = self._trash / base.name
             base.rename(gone)
