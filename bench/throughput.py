@@ -55,7 +55,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 WORKLOADS = {
     # kind: (label for runner, label for the in-process peers)
-    "noop": ("no-op function job (forked by the slot host)", "no-op task (in process)"),
+    "noop": ("no-op function job (sandboxed)", "no-op task (in process)"),
     "true": ("argv job ['true']", "task: subprocess.run(['true'])"),
     "python": ("", "task: subprocess.run([python, '-c', 'pass'])"),
 }

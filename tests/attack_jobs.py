@@ -150,6 +150,16 @@ def _places(ctx: JobContext) -> dict[str, str]:
 LEFT_IN_MEMORY: list[str] = []  # module state: a job's fork may change it, the next must not see it
 
 
+def _sysv_shm(token: str, create: bool) -> str:
+    """A System V shared memory segment keyed by the token: create it, or look for it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int(token[:7], 16) + 1
+    ident = libc.shmget(key, 4096, (0o1000 | 0o600) if create else 0)  # IPC_CREAT
+    return f"segment {ident}" if ident >= 0 else f"refused: {os.strerror(ctypes.get_errno())}"
+
+
 def litter(ctx: JobContext, token: str) -> dict:
     done = {}
     for name, folder in _places(ctx).items():
@@ -159,6 +169,7 @@ def litter(ctx: JobContext, token: str) -> dict:
             done[name] = "written"
         except OSError as exc:
             done[name] = f"refused: {exc.strerror}"
+    done["sysv-shm"] = _sysv_shm(token, create=True)
     os.environ["RUNNER_LITTER"] = token
     os.putenv("RUNNER_LITTER_PUT", token)
     LEFT_IN_MEMORY.append(token)
@@ -257,6 +268,8 @@ def look_around(ctx: JobContext, token: str) -> dict:
             pass
     with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
         parent = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    if not _sysv_shm(token, create=False).startswith("refused"):
+        seen.append("sysv shared memory segment")
     return {"seen": seen, "env": sorted(k for k, v in os.environ.items() if token in v),
             "memory": list(LEFT_IN_MEMORY), "processes": processes, "sockets": sockets,
             "parent": parent, "pid": os.getpid()}

@@ -58,7 +58,8 @@ def look(client, worker, token: str) -> dict:
 
 
 def test_jobs_of_a_slot_are_forked_by_its_host(client, worker):
-    first, second = look(client, worker, "x"), look(client, worker, "x")
+    token = uuid.uuid4().hex
+    first, second = look(client, worker, token), look(client, worker, token)
     assert "sandbox/host.py" in first["parent"] and first["parent"] == second["parent"]
     assert first["pid"] != second["pid"]
 
@@ -68,6 +69,7 @@ def test_files_environment_and_memory_do_not_reach_the_next_job(client, worker):
     left = run(client, worker, "warm-litter", token=token)
     assert left.ok, left.error
     assert left.value["home"] == "written" and left.value["tmpdir"] == "written"
+    assert left.value["sysv-shm"].startswith("segment"), left.value
     seen = look(client, worker, token)
     assert seen["seen"] == [] and seen["env"] == [] and seen["memory"] == []
 

@@ -170,6 +170,29 @@ def _sweep() -> bool:
     return False
 
 
+def _clear_sysv_ipc() -> None:
+    """Remove the System V shared memory, semaphores and message queues a job left.
+
+    They outlive their creator, in the slot's IPC namespace (or, without one, under the slot
+    uid, which only the worker's own sweep may see): the next job must not find them.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    removers = (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl))
+    for kind, control in removers:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 1 and fields[1].isdigit():
+                control(int(fields[1]), 0, None)  # IPC_RMID; EPERM for what is not the slot's
+
+
 def _wipe(path: str) -> None:
     """Remove everything under ``path`` that a job left (modes it changed included)."""
     try:
@@ -234,6 +257,7 @@ def _run(ctl: socket.socket, request: dict[str, Any], fds: list[int], private_tm
     if alive:
         _send(ctl, op="done", status=os.waitstatus_to_exitcode(status))
     clean = _sweep()
+    _clear_sysv_ipc()
     if private_tmp:
         for path in ("/tmp", "/dev/shm"):
             _wipe(path)
