@@ -289,6 +289,16 @@ class RunnerSystem(System):
         self.client.broker.delete_queue(self.queue)
         return rate
 
+    def submit_many_rate(self, n: int) -> float:
+        """The same jobs in one ``Client.submit_many`` call: confirms pipelined."""
+        self.client.broker.declare_queue(self.queue, (f"{self.route}.#",))
+        self.client.submit_many([{"job": "bench-noop", "route": self.route}])  # not timed
+        t0 = time.perf_counter()
+        self.client.submit_many([{"job": "bench-noop", "route": self.route} for _ in range(n)])
+        rate = n / (time.perf_counter() - t0)
+        self.client.broker.delete_queue(self.queue)
+        return rate
+
     def start_worker(self, concurrency: int, logdir: Path) -> Proc:
         env = {
             **os.environ,
@@ -686,6 +696,9 @@ def main() -> int:
         submitters: list[tuple[str, Callable[[int], float]]] = [
             (names[s.name], s.submit_rate) for s in opened if s.name in names
         ]
+        runner_system = next((s for s in opened if s.name == "runner"), None)
+        if isinstance(runner_system, RunnerSystem):
+            submitters.insert(1, ("runner Client.submit_many (pipelined confirms)", runner_system.submit_many_rate))
         submitters.append(("pika basic_publish (floor)", admin.pika_submit_rate))
         for client, submit_rate in submitters:
             rates = [submit_rate(args.n_submit) for _ in range(args.repeat)]
