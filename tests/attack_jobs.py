@@ -242,6 +242,12 @@ def spy_on_host(ctx: JobContext) -> dict:
     return out
 
 
+def draw(ctx: JobContext) -> float:
+    import random
+
+    return random.random()
+
+
 def look_around(ctx: JobContext, token: str) -> dict:
     """What the next job sees of a previous one: files, environment, memory, processes, sockets."""
     seen = []
@@ -281,6 +287,7 @@ def _register_warm(register) -> None:
         ("warm-litter", "litter", token), ("warm-leave", "leave_behind", token),
         ("warm-tamper", "tamper", []), ("warm-kill-host", "kill_host", []),
         ("warm-spy", "spy_on_host", []), ("warm-look", "look_around", token),
+        ("warm-draw", "draw", []),
     ):
         register(JobType(name=name, function=f"attack_jobs:{function}", retry=ONCE, params=params,
                          timeout=30))

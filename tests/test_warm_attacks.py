@@ -64,6 +64,12 @@ def test_jobs_of_a_slot_are_forked_by_its_host(client, worker):
     assert first["pid"] != second["pid"]
 
 
+def test_each_job_draws_its_own_random_numbers(client, worker):
+    # Every job starts from the host's memory: without a reseed each would draw the same.
+    draws = [run(client, worker, "warm-draw") for _ in range(3)]
+    assert all(d.ok for d in draws) and len({d.value for d in draws}) == 3
+
+
 def test_files_environment_and_memory_do_not_reach_the_next_job(client, worker):
     token = uuid.uuid4().hex
     left = run(client, worker, "warm-litter", token=token)

@@ -55,10 +55,23 @@ LIMITS = {
 RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGCHLD", "SIGHUP", "SIGQUIT")
 
 
+_LIBC: list[ctypes.CDLL] = []
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            return None
+    return _LIBC[0]
+
+
 def _prctl(option: int, value: int) -> bool:
+    libc = _libc()
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        return libc is not None and libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
+    except AttributeError:
         return False
 
 
@@ -128,7 +141,6 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
     env = {str(k): str(v) for k, v in request["env"].items()}
     for name, value in request.get("limits", {}).items():
         resource.setrlimit(LIMITS[name], (value, value))
-    random.seed()
     if request["kind"] == "argv":
         argv = [str(a) for a in request["argv"]]
         try:
@@ -138,6 +150,7 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     os.environ.clear()
     os.environ.update(env)
+    random.seed()  # the host's generator state is every fork's: a function job gets its own
     os._exit(_call_function())
 
 
@@ -176,9 +189,8 @@ def _clear_sysv_ipc() -> None:
     They outlive their creator, in the slot's IPC namespace (or, without one, under the slot
     uid, which only the worker's own sweep may see): the next job must not find them.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return
     removers = (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl))
     for kind, control in removers:
