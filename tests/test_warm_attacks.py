@@ -140,3 +140,22 @@ def test_a_slot_host_refuses_to_start_outside_a_kill_domain(domain):
         )
     assert done.returncode == 2 and "refusing to start" in done.stderr, done.stderr
     assert Path(HOST_SCRIPT).is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups of its own need a root worker here")
+def test_a_cgroup_per_job_caps_and_kills_each_job(amqp_url, settings_factory, route):
+    # [sandbox] job_cgroups = true: each warm job is moved into a group of its own before it runs.
+    from runner.testing import running_worker
+
+    plugins = make_plugins(modules=["jobs_plugin", "attack_jobs"])
+    settings = settings_factory(route, sandbox={"job_cgroups": True})
+    with running_worker(settings, plugins), Client(connect(amqp_url), plugins, Settings(broker_url=amqp_url)) as c:
+        hog = c.submit("attack-memory", {"megabytes": 1024}, route=route, wait=True).wait(90, raise_on_failure=False)
+        token = uuid.uuid4().hex
+        left = c.submit("warm-leave", {"token": token}, route=route, wait=True).wait(60)
+        seen = [c.submit("warm-look", {"token": token}, route=route, wait=True).wait(60) for _ in range(2)]
+        with connect(amqp_url) as broker:
+            broker.take_dead(hog.id)
+    assert not hog.ok and "out of memory" in (hog.error or ""), hog.error
+    assert left.ok and all(s.ok and s.value["processes"] == [] and s.value["sockets"] == [] for s in seen)
+    assert all("sandbox/host.py" in s.value["parent"] for s in seen)
