@@ -291,6 +291,8 @@ def _register_warm(register) -> None:
     ):
         register(JobType(name=name, function=f"attack_jobs:{function}", retry=ONCE, params=params,
                          timeout=30))
+    register(JobType(name="warm-fds", help="The descriptors an argv job starts with.",
+                     argv=lambda p, ctx: ["sh", "-c", "ls /proc/$$/fd"], retry=ONCE))
     register(JobType(
         name="warm-litter-argv", help="The same litter from an argv job.",
         argv=lambda p, ctx: ["sh", "-c", 'for d in "$HOME" "$TMPDIR" /tmp /dev/shm ..; do '

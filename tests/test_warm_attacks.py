@@ -64,6 +64,12 @@ def test_jobs_of_a_slot_are_forked_by_its_host(client, worker):
     assert first["pid"] != second["pid"]
 
 
+def test_an_argv_job_gets_only_stdin_stdout_and_stderr(client, worker):
+    for _ in range(2):  # the second from a host that has run a job already
+        result = run(client, worker, "warm-fds")
+        assert result.ok and result.stdout.split() == ["0", "1", "2"], result.stdout
+
+
 def test_each_job_draws_its_own_random_numbers(client, worker):
     # Every job starts from the host's memory: without a reseed each would draw the same.
     draws = [run(client, worker, "warm-draw") for _ in range(3)]
