@@ -169,7 +169,7 @@ def warmed(report, root: Path, logs: Path):
             raise RuntimeError(f"warm {job.name} failed: {done.stderr.strip()}")
 
     logs.mkdir(exist_ok=True)
-    cases = {"true": {"full, warm slot: fork + exec from the slot host": lambda: run(argv_job)},
+    cases = {"true": {"full, warm slot: posix_spawn from the slot host": lambda: run(argv_job)},
              "python": {"full, warm slot: fork + call from the slot host": lambda: run(noop)}}
     return cases, warm
 
