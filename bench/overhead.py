@@ -11,8 +11,8 @@ Times, one after the other (no concurrency), in milliseconds per job:
   environment), the private work directory, output capture and clean-up.  What each further
   layer (slot uid, bwrap, seccomp, cgroup) adds is measured by ``sandbox_cost.py``;
 * the pieces it is made of: the bare ``prlimit … setpriv … true`` chain, ``true`` alone, and the
-  child interpreter: ``python -c pass``, the standard-library modules ``runner.child`` needs, and
-  ``import runner.child`` itself.
+  child interpreter: ``python -c pass``, the standard-library modules ``runner.sandbox.child`` needs, and
+  ``import runner.sandbox.child`` itself.
 
 It prints figures; it asserts nothing.
 """
@@ -33,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH", "")) if p)
 
-from runner import sandbox
+from runner.sandbox import run as sandbox
 from runner.execution import Verdict, execute
 from runner.jobs import JobType, SandboxProfile
 from runner.message import JobMessage
@@ -80,7 +80,7 @@ def main() -> int:
         ("true", ["true"], args.n_fast),
         ("python -c pass", [py, "-c", "pass"], args.n_slow),
         ("python -c 'import json, importlib, traceback, pathlib'", [py, "-c", "import json, importlib, traceback, pathlib"], args.n_slow),
-        ("python -c 'import runner.child'", [py, "-c", "import runner.child"], args.n_slow),
+        ("python -c 'import runner.sandbox.child'", [py, "-c", "import runner.sandbox.child"], args.n_slow),
         ("python -c 'import click'", [py, "-c", "import click"], args.n_slow),
         ("python -c 'import pluggy'", [py, "-c", "import pluggy"], args.n_slow),
     ):

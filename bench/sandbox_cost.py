@@ -1,6 +1,6 @@
 """Per-job cost of each sandbox layer, against a bare subprocess.
 
-Spawns a trivial job (``/bin/true``) through the real exec chain that :class:`runner.jail.Jail`
+Spawns a trivial job (``/bin/true``) through the real exec chain that :class:`runner.sandbox.chain.Jail`
 builds, once per layer combination, and reports the median wall time of spawn + wait + cleanup
 over repeated runs (``--runs``: blocks of back-to-back jobs per combination, the blocks
 taking turns over three rounds, each block after a few warm-up runs).  A second table does the same for a
@@ -26,13 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import reaper, sandbox
+from runner.sandbox import reaper
+from runner.sandbox import run as sandbox
 from runner.execution import python_paths
-from runner.jail import Jail
-from runner.jobs import SandboxProfile
-from runner.probe import probe
+from runner.sandbox.chain import Jail
+from runner.jobs import JobType, SandboxProfile
+from runner.sandbox.probe import probe
+from runner.sandbox.warm import WarmSlots
+from runner.execution import job_limits
 
-ALL = ("uid", "cgroup", "network", "bwrap", "seccomp")
+ALL = ("uid", "cgroup", "network", "bwrap", "seccomp", "landlock")
 # (label, layers kept on top of the basic layer)
 COMBINATIONS = (
     ("basic: session, env, rlimits, pdeathsig", ()),
@@ -114,16 +117,61 @@ def measure(runs: int) -> dict:
             row = {"layers": label}
             row.update({"unavailable": unavailable[label]} if label in unavailable else {"median_ms": medians[label]})
             results["true"].append(row)
-        binds = python_paths("runner.child:main")[0]
+        warm_cases, warm = warmed(report, root, logs)
+        medians = round_robin({"bare subprocess": lambda: bare(true, bare_dir), **warm_cases["true"]}, runs)
+        results["true"] += [{"layers": k, "median_ms": v} for k, v in medians.items() if k != "bare subprocess"]
+        binds = python_paths("runner.sandbox.child:main")[0]
         medians = round_robin({"bare subprocess": lambda: bare(py, bare_dir),
-                               "full sandbox": jailed(ALL, py, binds)}, runs)
+                               "full sandbox": jailed(ALL, py, binds), **warm_cases["python"]}, runs)
         results["python"] = [{"layers": k, "median_ms": v} for k, v in medians.items()]
     finally:
+        if "warm" in locals():
+            warm.close()
         for jail in jails:
             jail.close()
         subprocess.run(["rm", "-rf", str(root)], check=False)
     results["load_after"] = os.getloadavg()[0]
     return results
+
+
+def warmed(report, root: Path, logs: Path):
+    """Cases for a warm slot with every layer: a fork of the slot host per job."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parent)
+    noop = JobType(name="noop", function="bench_jobs:noop")
+    argv_job = JobType(name="true", argv=lambda p, ctx: ["/bin/true"])
+    jail = Jail(report, {}, 1)
+    warm = WarmSlots(jail, {"noop": noop, "true": argv_job}, root / "warm", 1)
+    workdir = root / "warm" / "slot-0" / "job"
+    spec = logs / "warm-spec.json"
+
+    def run(job: JobType) -> None:
+        host = warm.host_for(0, job)
+        assert host is not None, "no warm host"
+        workdir.mkdir(exist_ok=True)
+        uid = jail.uid_for(0)
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        fds: tuple[int, ...] = ()
+        if job.function:
+            spec.write_text(json.dumps({"function": job.function, "path": [], "params": {}, "context": {
+                "job_id": "x", "job": "noop", "attempt": 1, "workdir": str(workdir)}}))
+            fds = (os.open(spec, os.O_RDONLY), os.open(logs / "warm-result.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        try:
+            done = host.run("function" if job.function else "argv", ["/bin/true"], fds, cwd=workdir,
+                            env=sandbox.job_environment(workdir), logs=logs, profile=PROFILE,
+                            limits=job_limits(PROFILE, jail, 0), timeout=30, grace=5, cancel=None,
+                            progress=None, slot=0, jail=jail)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if done.exit_code != 0:
+            raise RuntimeError(f"warm {job.name} failed: {done.stderr.strip()}")
+
+    logs.mkdir(exist_ok=True)
+    cases = {"true": {"full, warm slot: posix_spawn from the slot host": lambda: run(argv_job)},
+             "python": {"full, warm slot: fork + call from the slot host": lambda: run(noop)}}
+    return cases, warm
 
 
 def table(rows: list[dict], base: float) -> str:
@@ -132,7 +180,7 @@ def table(rows: list[dict], base: float) -> str:
         if "unavailable" in row:
             lines.append(f"| {row['layers']} | unavailable ({row['unavailable']}) | |")
         else:
-            lines.append(f"| {row['layers']} | {row['median_ms']:.2f} ms | +{row['median_ms'] - base:.2f} ms |")
+            lines.append(f"| {row['layers']} | {row['median_ms']:.2f} ms | {row['median_ms'] - base:+.2f} ms |")
     return "\n".join(lines)
 
 

@@ -47,18 +47,20 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 # The bench plugin (bench_jobs) and the peers' task modules are imported from bench/, here, in
 # the worker subprocesses and in runner's child interpreters (the sandbox passes PYTHONPATH on).
 sys.path.insert(0, str(BENCH))
+from footprint import tree_pss_mib  # noqa: E402 - bench/ is on the path from here
+
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(BENCH), os.environ.get("PYTHONPATH", "")) if p
 )
 
 WORKLOADS = {
     # kind: (label for runner, label for the in-process peers)
-    "noop": ("no-op function job (child interpreter)", "no-op task (in process)"),
+    "noop": ("no-op function job (sandboxed)", "no-op task (in process)"),
     "true": ("argv job ['true']", "task: subprocess.run(['true'])"),
     "python": ("", "task: subprocess.run([python, '-c', 'pass'])"),
 }
 # Sandbox layers that runner-basic switches off ([sandbox] disable), leaving the basic layer.
-OPTIONAL_LAYERS = ("uid", "bwrap", "network", "seccomp", "cgroup")
+OPTIONAL_LAYERS = ("uid", "bwrap", "network", "seccomp", "cgroup", "landlock")
 # Which runner workload a peer workload is compared with.
 RUNNER_PEER = {"noop": "noop", "true": "true", "python": "noop"}
 
@@ -92,6 +94,7 @@ class Row:
 class Results:
     submit: list[dict[str, Any]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
+    footprint: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -286,6 +289,16 @@ class RunnerSystem(System):
         self.client.broker.delete_queue(self.queue)
         return rate
 
+    def submit_many_rate(self, n: int) -> float:
+        """The same jobs in one ``Client.submit_many`` call: confirms pipelined."""
+        self.client.broker.declare_queue(self.queue, (f"{self.route}.#",))
+        self.client.submit_many([{"job": "bench-noop", "route": self.route}])  # not timed
+        t0 = time.perf_counter()
+        self.client.submit_many([{"job": "bench-noop", "route": self.route} for _ in range(n)])
+        rate = n / (time.perf_counter() - t0)
+        self.client.broker.delete_queue(self.queue)
+        return rate
+
     def start_worker(self, concurrency: int, logdir: Path) -> Proc:
         env = {
             **os.environ,
@@ -437,6 +450,7 @@ def measure_system(
         ]
         results.rows.extend(rows)
         log(f"{system.name}: starting worker, concurrency {conc}")
+        started = time.monotonic()
         try:
             worker = system.start_worker(conc, logdir)
         except Exception as exc:  # noqa: BLE001 - the other systems still get measured
@@ -448,6 +462,9 @@ def measure_system(
             for kind, row in zip(system.kinds, rows, strict=True):
                 try:
                     system.warm_up(kind, timeout=90)
+                    if kind == system.kinds[0] and "first_job_s" not in results.footprint.get((system.name, conc), {}):
+                        # From the worker's start to the first result, the worker's own start-up included.
+                        results.footprint.setdefault((system.name, conc), {})["first_job_s"] = time.monotonic() - started
                     rates = []
                     for _ in range(args.repeat):
                         elapsed = system.batch(kind, sizes[kind], args.batch_timeout)
@@ -473,6 +490,10 @@ def measure_system(
                     if worker.proc.poll() is not None:
                         log(f"{worker.name} exited; its log: {worker.log_path}")
                         break
+            # Idle memory after the run: every slot warm, no job running.
+            pss, count = tree_pss_mib(worker.proc.pid)
+            results.footprint.setdefault((system.name, conc), {}).update(pss_mib=pss, processes=count)
+            log(f"{system.name} c{conc}: idle PSS of the worker tree {pss:.1f} MiB in {count} processes")
         finally:
             worker.stop()
         # A batch that timed out leaves jobs behind; they must not leak into the next measure.
@@ -527,6 +548,17 @@ def report(results: Results, meta: dict[str, Any]) -> str:
             f"| {r.system} | {r.workload} | {r.concurrency} | {r.n} | {fmt(r.jobs_per_s, '.1f')} | "
             f"{fmt(r.low, '.0f')}–{fmt(r.high, '.0f')} | {fmt(r.p50_ms, '.1f')} | {fmt(r.p95_ms, '.1f')} | {ratio}{' ' + r.note if r.note else ''} |"
         )
+    lines += [
+        "",
+        "Start and idle memory: seconds from starting the worker to its first result (its start-up "
+        "included); PSS of the whole worker tree after the run, idle:",
+        "",
+        "| system | conc | first job s | idle PSS MiB | processes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (name, conc), fig in results.footprint.items():
+        lines.append(f"| {name} | {conc} | {fmt(fig.get('first_job_s'), '.2f')} | "
+                     f"{fmt(fig.get('pss_mib'), '.1f')} | {fmt(fig.get('processes'), '.0f')} |")
     return "\n".join(lines)
 
 
@@ -664,6 +696,9 @@ def main() -> int:
         submitters: list[tuple[str, Callable[[int], float]]] = [
             (names[s.name], s.submit_rate) for s in opened if s.name in names
         ]
+        runner_system = next((s for s in opened if s.name == "runner"), None)
+        if isinstance(runner_system, RunnerSystem):
+            submitters.insert(1, ("runner Client.submit_many (pipelined confirms)", runner_system.submit_many_rate))
         submitters.append(("pika basic_publish (floor)", admin.pika_submit_rate))
         for client, submit_rate in submitters:
             rates = [submit_rate(args.n_submit) for _ in range(args.repeat)]
@@ -698,7 +733,9 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
-            {"meta": meta, "submit": results.submit, "rows": [asdict(r) for r in results.rows]}, indent=2
+            {"meta": meta, "submit": results.submit, "rows": [asdict(r) for r in results.rows],
+             "footprint": [{"system": k[0], "conc": k[1], **v} for k, v in results.footprint.items()]},
+            indent=2
         ))
     return 0
 

@@ -46,16 +46,18 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
 
     group = uuid.uuid4().hex
     wait = bool(options.get("wait"))
-    handles: list[tuple[str, JobHandle]] = []
-    for f in files:
-        handle = client.submit(
-            job.name, params, f, route=options.get("route"), wait=wait,
-            timeout=options.get("timeout"), retries=options.get("retries"),
-            delay=options.get("delay") or 0.0, priority=options.get("priority") or 0,
-            webhook=options.get("webhook"), eta=options.get("eta"),
-            expires=options.get("expires"), group=group,
-        )
-        handles.append((next(iter(f.values())), handle))
+    # All validated first, then sent in one go with the confirms pipelined (submit_many).
+    submitted = client.submit_many([
+        {"job": job.name, "params": params, "files": f, "route": options.get("route"), "wait": wait,
+         "timeout": options.get("timeout"), "retries": options.get("retries"),
+         "delay": options.get("delay") or 0.0, "priority": options.get("priority") or 0,
+         "webhook": options.get("webhook"), "eta": options.get("eta"),
+         "expires": options.get("expires"), "group": group}
+        for f in files
+    ])
+    handles: list[tuple[str, JobHandle]] = [
+        (next(iter(f.values())), handle) for f, handle in zip(files, submitted, strict=True)
+    ]
     if not wait:
         ids = [{"input": path, "id": h.id} for path, h in handles]
         click.echo(json.dumps({"group": group, "jobs": ids}) if options.get("json")

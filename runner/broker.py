@@ -151,6 +151,15 @@ class Broker(abc.ABC):
         :class:`~runner.errors.UnroutableError` when no queue matches the routing key.
         """
 
+    def publish_many(self, items: Sequence[tuple[Envelope, float]]) -> None:
+        """Publish several jobs (each with its delay); return once the broker has them all.
+
+        A transport may pipeline them (RabbitMQ: one round trip of confirms for the lot).  On
+        an error, jobs before the failing one may have been accepted, as with one publish each.
+        """
+        for envelope, delay in items:
+            self.publish(envelope, delay)
+
     @abc.abstractmethod
     def reply_inbox(self) -> ReplyInbox:
         """Open an inbox for replies to jobs this broker object publishes."""

@@ -23,7 +23,7 @@ def doctor(app: App, as_json: bool) -> None:
     Exits with status 3 when a layer named in ``[sandbox] require`` is not active: a worker
     would refuse to start.
     """
-    from runner.probe import check_required, probe
+    from runner.sandbox.probe import check_required, probe
 
     settings = app.settings()
     report = probe()

@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,45 @@ class Client:
             job_id: the job's id (default: a random one); ``runner beat`` derives it from
                 the slot, so every beat process gives a slot the same id.
         """
+        envelope, delay, handle = self._prepare(
+            job, params, files, route=route, wait=wait, timeout=timeout, retries=retries,
+            delay=delay, priority=priority, webhook=webhook, eta=eta, expires=expires,
+            group=group, job_id=job_id,
+        )
+        self.broker.publish(envelope, delay=delay)
+        return handle
+
+    def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[JobHandle]:
+        """Submit several jobs; returns once the broker has confirmed them all.
+
+        Each item holds :meth:`submit`'s arguments by name (``job`` required).  Every job is
+        validated before any is sent; the broker then gets them in one go, its confirms
+        pipelined rather than awaited one by one.  On an error, jobs before the failing one
+        may have been accepted, as with one :meth:`submit` each.
+        """
+        prepared = [self._prepare(**dict(item)) for item in jobs]
+        self.broker.publish_many([(envelope, delay) for envelope, delay, _ in prepared])
+        return [handle for _, _, handle in prepared]
+
+    def _prepare(
+        self,
+        job: str,
+        params: Mapping[str, Any] | None = None,
+        files: Mapping[str, str | os.PathLike[str] | FileData] | None = None,
+        *,
+        route: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        webhook: str | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        group: str | None = None,
+        job_id: str | None = None,
+    ) -> tuple[Envelope, float, JobHandle]:
+        """Validate one job and build its (signed) envelope, its delay and its handle."""
         job_type = self.plugins.jobs.get(job)
         job_id = job_id or uuid.uuid4().hex
         data = self._files(job_type, files or {}, job_id)
@@ -195,8 +234,7 @@ class Client:
         envelope = message.to_envelope(reply_to=inbox.address if inbox else None)
         if self.signer is not None:
             envelope = self.signer.sign(envelope, delay=delay)
-        self.broker.publish(envelope, delay=delay)
-        return JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
+        return envelope, delay, JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
 
     def _route(self, job_type: JobType, message: JobMessage) -> str:
         configured = self.settings.routes.get(job_type.name)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import sandbox, workdir
-from runner.jobs import JobContext, JobType, parse_progress
+from runner import workdir
+from runner.jobs import JobContext, JobType, SandboxProfile, parse_progress
+from runner.sandbox import run as sandbox
 from runner.message import FileData, JobMessage, JobResult, JobStatus
 from runner.outcome import ERROR_LIMIT, BadOutcome
 from runner.outcome import read as read_outcome
@@ -31,7 +32,8 @@ from runner.shared import fetch, store_output
 from runner.untrusted import name_problem, printable
 
 if TYPE_CHECKING:
-    from runner.jail import Jail
+    from runner.sandbox.chain import Jail
+    from runner.sandbox.warm import SlotHost, WarmSlots
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 # directory on sys.path); the runner package's own parent is put first explicitly.
 CHILD_BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from runner.child import main; sys.exit(main(sys.argv))"
+    "from runner.sandbox.child import main; sys.exit(main(sys.argv))"
 )
 
 
@@ -79,6 +81,7 @@ def execute(
     slot: int = 0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    warm: WarmSlots | None = None,
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
@@ -86,23 +89,30 @@ def execute(
     worker is root; without one, only the basic layer applies.  ``on_progress`` receives the
     progress records (:func:`runner.jobs.parse_progress`) the job reports while it runs.
     ``shared`` is the shared storage directory: inputs sent by reference are copied from it,
-    and outputs past the inline limit go back through it.
+    and outputs past the inline limit go back through it.  With ``warm`` slots the job is
+    forked by the slot's warm host (:mod:`runner.sandbox.warm`) instead of a new exec chain.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    host = warm.host_for(slot, job) if warm is not None else None
+    host_logs = warm.logs_dir(slot) if warm is not None and host is not None else None
+    if host is not None and warm is not None:
+        root = warm.jobs_dir(slot)  # made with the host
+    else:
+        root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     # The job's disk quota: its work dir is a tmpfs of that size, and so (separately, so that
-    # a full work dir leaves room for the result) are its captured output and result file.
+    # a full work dir leaves room for the result) are its captured output and result file.  A
+    # warm host sees the work dir's tmpfs through the slot directory's shared propagation.
     disk = job.sandbox.disk
     mounts: list[Path] = []
     try:
         if jail is not None and jail.quota and disk:
-            for sub in ("job", "log"):
-                (base / sub).mkdir(mode=0o700)
-                if workdir.mount_quota(base / sub, disk):
-                    mounts.append(base / sub)
+            for place in (base / "job", host_logs or base / "log"):
+                place.mkdir(mode=0o700, exist_ok=True)
+                if workdir.mount_quota(place, disk):
+                    mounts.append(place)
         attempt = _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
-            on_progress, shared,
+            on_progress, shared, host, host_logs,
         )
         full = bool(mounts) and disk and workdir.used_up(base / "job", disk)
         if full and attempt.verdict is not Verdict.SUCCEEDED:
@@ -110,7 +120,12 @@ def execute(
             attempt = replace(attempt, result=replace(attempt.result, error=error))
         return attempt
     finally:
-        workdir.remove(base, mounts)
+        if host is not None and warm is not None:
+            workdir.unmount(mounts)
+            warm.discard(base)
+            warm.clean(slot)
+        else:
+            workdir.remove(base, mounts)
 
 
 def _attempt(
@@ -126,6 +141,8 @@ def _attempt(
     slot: int,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    host: SlotHost | None = None,
+    host_logs: Path | None = None,
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -138,8 +155,11 @@ def _attempt(
         # traverse to the work dir; nobody may list ``base`` or enter its ``log``.
         os.chmod(ctx.workdir, 0o711)
         os.chmod(base, 0o711)
-    logs = base / "log"
-    logs.mkdir(mode=0o700, exist_ok=True)
+    if host_logs is not None:  # the slot's own, outside every job's reach
+        logs = host_logs
+    else:
+        logs = base / "log"
+        logs.mkdir(mode=0o700, exist_ok=True)  # may be a quota mount
     args = dict(params)
     for name in job.inputs:
         if name in message.files:
@@ -164,6 +184,12 @@ def _attempt(
                 report(record)
 
     def run(argv: list[str], read_only: tuple[str, ...] = (), fds: tuple[int, ...] = ()) -> sandbox.Completed:
+        if host is not None and jail is not None:
+            return host.run(
+                "function" if job.function is not None else "argv", argv, fds, cwd=ctx.workdir,
+                env=env, logs=logs, profile=job.sandbox, limits=job_limits(job.sandbox, jail, slot),
+                timeout=timeout, grace=grace, cancel=cancel, progress=progress, slot=slot, jail=jail,
+            )
         launch = jail.prepare(job.sandbox, argv, ctx.workdir, slot, read_only) if jail else None
         return sandbox.run(
             argv, cwd=ctx.workdir, logs=logs, profile=job.sandbox, timeout=timeout, grace=grace,
@@ -255,7 +281,9 @@ def _attempt(
             verdict, done, error=outcome.error, traceback=outcome.traceback, delay=outcome.delay,
         )
     # bwrap reports a job killed by a signal as exit status 128 + signal.
-    bwrap_signal = jail is not None and "bwrap" in jail.layers and (done.exit_code or 0) > 128
+    bwrap_signal = (
+        jail is not None and "bwrap" in jail.layers and not done.direct_status and (done.exit_code or 0) > 128
+    )
     if done.signal is not None or bwrap_signal:
         sig = done.signal if done.signal is not None else (done.exit_code or 0) - 128
         error = f"killed by signal {sig}"
@@ -269,6 +297,22 @@ def _attempt(
     if last and len(last[0]) > ERROR_LIMIT:  # the job's own text: the error line stays short
         last = [last[0][:ERROR_LIMIT] + "…"]
     return finish(verdict, done, error=error + (f": {last[0]}" if last else ""))
+
+
+def job_limits(profile: SandboxProfile, jail: Jail, slot: int) -> dict[str, int]:
+    """The rlimits a warm slot's job sets for itself (as the cold chain's prlimit would)."""
+    if "rlimits" not in jail.layers:
+        return {}
+    limits = {"core": 0}
+    values: list[tuple[str, int | None]] = [
+        ("cpu", profile.cpu_seconds), ("fsize", profile.file_size), ("nofile", profile.open_files),
+    ]
+    if jail.uid_for(slot) is not None:  # RLIMIT_NPROC counts every process of the real uid
+        values.append(("nproc", profile.processes))
+    if "cgroup" not in jail.layers:  # a cgroup limit is exact; RLIMIT_AS breaks big mappings
+        values.append(("as", profile.memory))
+    limits.update({name: value for name, value in values if value is not None})
+    return limits
 
 
 def collect_outputs(

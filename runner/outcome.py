@@ -7,7 +7,7 @@ most :data:`RESULT_FILE_LIMIT` bytes, parses with non-finite numbers and deep ne
 and checks every field against the schema below.  Anything else is the job's failure, reported
 with a clear error: it never reaches the worker's own code paths or the broker.
 
-Schema (the child's :func:`runner.child.main` writes exactly this)::
+Schema (the child's :func:`runner.sandbox.child.main` writes exactly this)::
 
     {"ok": true,  "value": <JSON value, at most VALUE_LIMIT bytes encoded>}
     {"ok": false, "kind": "error" | "retry" | "reject", "exc_type": str, "error": str,

@@ -33,7 +33,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".lock"
 MAX_INODES = 262144  # files and directories one job may create in its quota
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE, MS_SHARED = 2, 4, 1 << 12, 1 << 14, 1 << 18, 1 << 20
 MNT_DETACH = 2
 CLONE_NEWNS = 0x00020000
 
@@ -109,6 +109,27 @@ def mount_quota(path: Path, size: int) -> bool:
         log.debug("no quota mount on %s: %s", path, os.strerror(ctypes.get_errno()))
         return False
     return True
+
+
+def share(path: Path) -> bool:
+    """Make ``path`` a mount point with shared propagation, so that mounts made beneath it
+    later (a job's quota tmpfs) reach sandboxes that bound it earlier (a warm slot host)."""
+    if not _mounts_under(path)[-1:] == [str(path).rstrip("/")]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mount(os.fsencode(path), os.fsencode(path), None, MS_BIND, None) != 0:
+            log.warning("cannot bind %s onto itself: %s", path, os.strerror(ctypes.get_errno()))
+            return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", os.fsencode(path), None, MS_SHARED, None) != 0:
+        log.warning("cannot share mounts under %s: %s", path, os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+def unmount(mounts: list[Path]) -> None:
+    """Unmount quota mounts (deepest first), leaving their directories."""
+    for point in sorted(mounts, key=lambda p: len(str(p)), reverse=True):
+        _unmount(point)
 
 
 def can_mount_quota(scratch: Path) -> bool:

@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -35,15 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from runner import headers as bounded
-from runner import reaper, workdir
+from runner import workdir
 from runner.headers import dead_envelope
+from runner.sandbox import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings, redact_url
 from runner.control import ControlServer
 from runner.ratelimit import H_RATE_SLOT, RateLimiter
 from runner.errors import ConfigError, JobError, MessageError
 from runner.execution import Attempt, Verdict, execute
-from runner.jail import Jail
+from runner.sandbox.chain import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
@@ -58,12 +60,14 @@ from runner.message import (
 from runner.handover import H_GUARD, Guardian
 from runner.plugins import Plugins
 from runner.pool import Pool
-from runner.probe import probe
+from runner.sandbox.probe import probe
+from runner.sandbox.warm import DEFAULT_MAX_JOBS, WarmSlots
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, refuse_unsigned, verifier_from_settings
 from runner.timing import iso
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 class Worker:
@@ -93,6 +97,7 @@ class Worker:
         self.processed = 0
         self.jail: Jail | None = None
         self._workroot_lock: int | None = None
+        self.warm: WarmSlots | None = None
         self.verifier: Verifier | None = None
         self._jobs: dict[str, JobType] = {}
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -116,6 +121,9 @@ class Worker:
                 sandbox or signing settings are wrong; nothing was consumed.
         """
         self._start_sandbox()
+        # Each job crosses threads several times (connection -> slot -> connection): a thread
+        # waiting for the GIL would otherwise wait up to the default 5 ms switch interval.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.broker.declare_queue(self.queue, self.bindings)
             self._start_control()
@@ -138,6 +146,8 @@ class Worker:
             self.guardian.stop()
             if self._control is not None:
                 self._control.stop()
+            if self.warm is not None:
+                self.warm.close()
             if self.jail is not None:
                 self.jail.close()
             if self._workroot_lock is not None:
@@ -178,6 +188,26 @@ class Worker:
         workdir.sweep(self.workroot.parent)
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
+        self._start_warm_slots()
+
+    def _start_warm_slots(self) -> None:
+        """Warm slots (docs/security.md) where the sandbox allows them and they are not off."""
+        config = self.settings.sandbox
+        warm, max_jobs = config.get("warm", True), config.get("max_jobs_per_slot", DEFAULT_MAX_JOBS)
+        if not isinstance(warm, bool):
+            raise ConfigError("[sandbox] warm: expected true or false")
+        if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or max_jobs < 1:
+            raise ConfigError("[sandbox] max_jobs_per_slot: expected a positive integer")
+        job_cgroups = config.get("job_cgroups", False)
+        if not isinstance(job_cgroups, bool):
+            raise ConfigError("[sandbox] job_cgroups: expected true or false")
+        why_not = WarmSlots.supported(self.jail) if warm else "[sandbox] warm = false"
+        if why_not is not None:
+            log.info("warm slots off (%s): every job gets its own exec chain", why_not)
+            return
+        assert self.jail is not None
+        self.warm = WarmSlots(self.jail, self._jobs, self.workroot, self.concurrency, max_jobs, job_cgroups)
+        log.info("warm slots on: each slot forks its jobs from a slot host (max_jobs_per_slot %d)", max_jobs)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish for ``grace`` seconds, then requeue them.
@@ -270,6 +300,7 @@ class Worker:
                     output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
                     slot=slot, on_progress=self._progress_reporter(job, message, env),
                     shared=Path(self.settings.shared_storage) if self.settings.shared_storage else None,
+                    warm=self.warm,
                 )
             except MessageError as exc:
                 # An input on shared storage that differs from the (signed) message: never run.

@@ -231,4 +231,166 @@ def register_jobs(register):
                  "echo real > out/real.txt"),
         params=[click.Option(["--target"], required=True)], retry=ONCE,
     ))
+    _register_warm(register)
 
+
+
+# --- warm slots: what one job leaves behind, looked for by the next job in the same slot ------
+def _places(ctx: JobContext) -> dict[str, str]:
+    return {"home": os.environ.get("HOME", "/nonexistent"), "tmpdir": os.environ.get("TMPDIR", "/tmp"),
+            "workroot": str(ctx.workdir.parent.parent), "tmp": "/tmp", "shm": "/dev/shm"}
+
+
+LEFT_IN_MEMORY: list[str] = []  # module state: a job's fork may change it, the next must not see it
+
+
+def _sysv_shm(token: str, create: bool) -> str:
+    """A System V shared memory segment keyed by the token: create it, or look for it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int(token[:7], 16) + 1
+    ident = libc.shmget(key, 4096, (0o1000 | 0o600) if create else 0)  # IPC_CREAT
+    return f"segment {ident}" if ident >= 0 else f"refused: {os.strerror(ctypes.get_errno())}"
+
+
+def litter(ctx: JobContext, token: str) -> dict:
+    done = {}
+    for name, folder in _places(ctx).items():
+        try:
+            with open(os.path.join(folder, f"litter-{token}"), "w") as fh:
+                fh.write("left by the previous job\n")
+            done[name] = "written"
+        except OSError as exc:
+            done[name] = f"refused: {exc.strerror}"
+    done["sysv-shm"] = _sysv_shm(token, create=True)
+    os.environ["RUNNER_LITTER"] = token
+    os.putenv("RUNNER_LITTER_PUT", token)
+    LEFT_IN_MEMORY.append(token)
+    return done
+
+
+def leave_behind(ctx: JobContext, token: str) -> dict:
+    """A daemon (double fork, own session) holding listening unix sockets, then return."""
+    ready_r, ready_w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            held = []
+            for address in ("\0runner-" + token, os.path.join(os.environ.get("TMPDIR", "/tmp"), f"s-{token}"),
+                            f"/tmp/s-{token}"):
+                try:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.bind(address)
+                    sock.listen()
+                    sock.set_inheritable(True)
+                    held.append(sock)
+                except OSError:
+                    pass
+            os.write(ready_w, str(len(held)).encode())
+            os.execvp("sh", ["sh", "-c", f"sleep {SLEEPER_SECONDS}", f"runner-left-{token}"])
+        os._exit(0)
+    os.close(ready_w)
+    return {"sockets": int(os.read(ready_r, 10) or b"0")}
+
+
+def tamper(ctx: JobContext) -> dict:
+    import json as json_module
+
+    done = {}
+    for path in (__file__, json_module.__file__, os.path.join(os.path.dirname(__file__), "planted.py")):
+        try:
+            with open(path, "a") as fh:
+                fh.write("\n# changed by a job\n")
+            done[path] = "written"
+        except OSError as exc:
+            done[path] = f"refused: {exc.strerror}"
+    return done
+
+
+def kill_host(ctx: JobContext) -> str:
+    import signal
+
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(3)
+    return "survived its host"
+
+
+def spy_on_host(ctx: JobContext) -> dict:
+    import ctypes
+
+    host = os.getppid()
+    out = {}
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, host, 0, 0) == 0:  # PTRACE_ATTACH
+        out["ptrace"] = "attached"
+    else:
+        out["ptrace"] = f"refused: {os.strerror(ctypes.get_errno())}"
+    for name in ("mem", "environ", "maps"):
+        try:
+            with open(f"/proc/{host}/{name}", "rb") as fh:
+                fh.read(64)
+            out[name] = "read"
+        except OSError as exc:
+            out[name] = f"refused: {exc.strerror}"
+    return out
+
+
+def draw(ctx: JobContext) -> float:
+    import random
+
+    return random.random()
+
+
+def look_around(ctx: JobContext, token: str) -> dict:
+    """What the next job sees of a previous one: files, environment, memory, processes, sockets."""
+    seen = []
+    for name, folder in _places(ctx).items():
+        try:
+            seen += [f"{name}/{entry}" for entry in os.listdir(folder) if token in entry]
+        except OSError:
+            pass
+    processes = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if token.encode() in fh.read():
+                    processes.append(pid)
+        except OSError:
+            pass
+    sockets = []
+    for address in ("\0runner-" + token, f"/tmp/s-{token}"):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(address)
+                sockets.append(address.replace("\0", "@"))
+        except OSError:
+            pass
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+        parent = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    if not _sysv_shm(token, create=False).startswith("refused"):
+        seen.append("sysv shared memory segment")
+    return {"seen": seen, "env": sorted(k for k, v in os.environ.items() if token in v),
+            "memory": list(LEFT_IN_MEMORY), "processes": processes, "sockets": sockets,
+            "parent": parent, "pid": os.getpid()}
+
+
+def _register_warm(register) -> None:
+    token = [click.Option(["--token"], required=True)]
+    for name, function, params in (
+        ("warm-litter", "litter", token), ("warm-leave", "leave_behind", token),
+        ("warm-tamper", "tamper", []), ("warm-kill-host", "kill_host", []),
+        ("warm-spy", "spy_on_host", []), ("warm-look", "look_around", token),
+        ("warm-draw", "draw", []),
+    ):
+        register(JobType(name=name, function=f"attack_jobs:{function}", retry=ONCE, params=params,
+                         timeout=30))
+    register(JobType(name="warm-fds", help="The descriptors an argv job starts with.",
+                     argv=lambda p, ctx: ["sh", "-c", "ls /proc/$$/fd"], retry=ONCE))
+    register(JobType(
+        name="warm-litter-argv", help="The same litter from an argv job.",
+        argv=lambda p, ctx: ["sh", "-c", 'for d in "$HOME" "$TMPDIR" /tmp /dev/shm ..; do '
+                             'echo x > "$d/litter-$1"; done; (setsid sleep 20 &); exit 0',
+                             "runner-left-" + p["token"], p["token"]],
+        params=token, retry=ONCE,
+    ))

@@ -54,7 +54,7 @@ exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --boun
 class WorkerUnderTest:
     """A ``runner worker`` subprocess consuming its own route; log lines collected."""
 
-    def __init__(self, kind: str, amqp_url: str, workdir: Path | None = None) -> None:
+    def __init__(self, kind: str, amqp_url: str, workdir: Path | None = None, concurrency: int = 2) -> None:
         self.kind = kind
         self.route = unique_route("a")
         self.queue = f"test.{self.route}"
@@ -67,7 +67,7 @@ class WorkerUnderTest:
             "RUNNER_PLUGINS": "jobs_plugin,attack_jobs", "RUNNER_TEST_SECRET": SECRET,
         }
         argv = [sys.executable, "-m", "runner.cli", "worker", "--queue", self.queue,
-                "--bind", f"{self.route}.#", "-c", "2"]
+                "--bind", f"{self.route}.#", "-c", str(concurrency)]
         if kind == "landlock":  # no bubblewrap: Landlock confines the file system instead
             config = self.workdir.parent / f"runner-{self.route}.toml"
             config.write_text('[sandbox]\ndisable = ["bwrap"]\n')
@@ -161,14 +161,29 @@ def eventually(predicate, timeout: float = 10.0) -> bool:
 
 
 def processes_of(uids) -> list[int]:
+    """Processes of ``uids``, except warm slot hosts (which run as their slot's uid)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid in uids and not is_slot_host(int(entry), uids):
                 found.append(int(entry))
         except OSError:
             continue
     return found
+
+
+def is_slot_host(pid: int, uids) -> bool:
+    """A slot host: runs ``runner/sandbox/host.py`` and was not started by a slot-uid process
+    (a job's fork shares the host's command line, but its parent is the host)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        if b"sandbox/host.py" not in fh.read():
+            return False
+    with open(f"/proc/{pid}/stat") as fh:
+        parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+    try:
+        return os.stat(f"/proc/{parent}").st_uid not in uids
+    except OSError:
+        return False
 
 
 def pgrep(pattern: str) -> str:

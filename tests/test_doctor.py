@@ -15,7 +15,7 @@ from runner.broker import connect
 from runner.client import Client
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import JobType, SandboxProfile, tighten
-from runner.probe import LAYERS
+from runner.sandbox.probe import LAYERS
 from runner.testing import running_worker
 
 CLI = [sys.executable, "-m", "runner.cli"]
@@ -117,9 +117,12 @@ def test_loosening_in_config_stops_the_worker(plugins, settings_factory, route):
             pass
 
 
-def test_debug_logs_the_exact_exec_chain(plugins, settings_factory, route, amqp_url, caplog):
-    with caplog.at_level(logging.DEBUG, logger="runner.jail"):
-        with running_worker(settings_factory(route), plugins), \
+@pytest.mark.parametrize("warm", [False, True])
+def test_debug_logs_the_exact_exec_chain(plugins, settings_factory, route, amqp_url, caplog, warm):
+    # Cold, each job's own chain ends in its argv; warm, the slot host's chain ends in the host,
+    # and the job's argv is logged when the host forks it.
+    with caplog.at_level(logging.DEBUG, logger="runner.sandbox"):
+        with running_worker(settings_factory(route, sandbox={"warm": warm}), plugins), \
                 Client(connect(amqp_url), plugins, settings_factory("client")) as client:
             assert client.submit("envdump", route=route, wait=True).wait(30).ok
     chains = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exec ")]
@@ -127,4 +130,9 @@ def test_debug_logs_the_exact_exec_chain(plugins, settings_factory, route, amqp_
     chain = chains[-1]
     for part in ("runner-cgroup", "prlimit --core=0", "bwrap --unshare-ipc", "--unshare-net",
                  "--seccomp", "setpriv --reuid=", "--no-new-privs", " -- env"):
+        if warm and part == " -- env":
+            assert " -- /usr/bin/python3 -I -S " in chain and "sandbox/host.py" in chain, chain
+            forks = [r.getMessage() for r in caplog.records if "forks and execs" in r.getMessage()]
+            assert any(m.endswith(": env") for m in forks), forks
+            continue
         assert part in chain, (part, chain)

@@ -1,6 +1,6 @@
 """The media plugin's convert job (ImageMagick), run in the real sandbox as a worker runs it.
 
-Jobs run through :func:`runner.execution.execute` with the host's :class:`runner.jail.Jail`
+Jobs run through :func:`runner.execution.execute` with the host's :class:`runner.sandbox.chain.Jail`
 (slot uid, bubblewrap, seccomp, cgroups where the host has them), so the policy binds, the
 environment and the limits are the ones a worker applies.  Pixels are checked, not just files;
 every hostile fixture is refused; the policy holds even when ImageMagick is pointed straight at
@@ -23,15 +23,15 @@ from PIL import Image, ImageSequence
 from runner_media import convert, magick
 from runner_media.plugin import convert_job
 
-from runner import bwrap
+from runner.sandbox import bwrap
 from runner.config import Settings
 from runner.errors import JobError
 from runner.execution import Attempt, Verdict, execute
-from runner.jail import Jail
+from runner.sandbox.chain import Jail
 from runner.jobs import JobType, RetryPolicy
 from runner.message import FileData, JobMessage
 from runner.plugins import make_plugins
-from runner.probe import probe
+from runner.sandbox.probe import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "fixtures" / "images"

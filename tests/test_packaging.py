@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,10 +12,15 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_wheel_builds_quietly_with_the_dashboard_files(tmp_path):
+    # Given a copy of the source (an in-tree build would leave build/ in the checkout, and
+    # a stale build/ would put modules that no longer exist into the wheel)
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", "results", "tests", "docs"))
     # When the project is built the way pip installs it
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-         "-v", "-w", str(tmp_path / "wheel"), str(ROOT)],
+         "-v", "-w", str(tmp_path / "wheel"), str(source)],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -28,7 +34,7 @@ def test_wheel_builds_quietly_with_the_dashboard_files(tmp_path):
     archive = zipfile.ZipFile(wheel)
     names = set(archive.namelist())
     for name in ("runner_monitor/static/index.html", "runner_monitor/static/app.js",
-                 "runner_media/imagemagick-policy/policy.xml"):
+                 "runner_media/imagemagick-policy/policy.xml", "runner/sandbox/host.py"):
         assert name in names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     assert "License-Expression: MIT" in archive.read(metadata).decode()

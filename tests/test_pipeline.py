@@ -168,3 +168,37 @@ def test_a_client_keeps_working_after_its_connection_drops(client, plugins, sett
         client.broker._conn.close()  # the connection drops (a broker restart, a network blip)
         after = [client.submit("echo", {"text": f"after {i}"}, route=route, wait=True) for i in range(3)]
         assert [h.wait(30).value["text"] for h in after] == ["after 0", "after 1", "after 2"]
+
+
+def test_submit_many_hands_every_job_to_the_broker(client, settings_factory, route):
+    # Given a queue bound to the route and no worker yet
+    queue = settings_factory(route).queue
+    client.broker.declare_queue(queue, (f"{route}.#",))
+    # When 50 jobs are submitted in one call (confirms pipelined)
+    handles = client.submit_many([{"job": "echo", "params": {"text": str(i)}, "route": route} for i in range(50)])
+    # Then it returned only once RabbitMQ had all of them, each with its own id
+    assert len({h.id for h in handles}) == 50
+    assert client.broker.queue_depth(queue) == 50
+
+
+def test_submit_many_validates_every_job_before_sending_any(client, settings_factory, route):
+    queue = settings_factory(route).queue
+    client.broker.declare_queue(queue, (f"{route}.#",))
+    with pytest.raises(JobError, match="fail_times"):
+        client.submit_many([{"job": "echo", "params": {"text": "fine"}, "route": route},
+                            {"job": "flaky", "params": {"fail_times": "many"}, "route": route}])
+    assert client.broker.queue_depth(queue) == 0
+
+
+def test_submit_many_reports_an_unroutable_job(client, settings_factory, route):
+    client.broker.declare_queue(settings_factory(route).queue, (f"{route}.#",))
+    with pytest.raises(UnroutableError, match="no worker queue is bound to route 'nosuchroute'"):
+        client.submit_many([{"job": "echo", "params": {"text": "x"}, "route": route},
+                            {"job": "echo", "params": {"text": "y"}, "route": "nosuchroute"}])
+
+
+def test_submit_many_results_can_be_awaited(client, plugins, settings_factory, route):
+    with running_worker(settings_factory(route), plugins):
+        handles = client.submit_many([{"job": "echo", "params": {"text": str(i)}, "route": route, "wait": True}
+                                      for i in range(5)])
+        assert [h.wait(30).value["text"] for h in handles] == [str(i) for i in range(5)]

@@ -51,6 +51,7 @@ from runner.broker import (
     ReplyInbox,
     Target,
 )
+from runner.brokers.amqp_batch import ConfirmBatch
 from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
     CONNECTION_ERRORS,
     H_DELIVERIES,
@@ -117,6 +118,7 @@ class AmqpBroker(AmqpFleet, Broker):
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
         self._inboxes: list[_AmqpInbox] = []
+        self._batch: ConfirmBatch | None = None
         self._leaders: dict[str, int] = {}  # leadership name -> connection generation holding it
 
     # --- connection -------------------------------------------------------------------------
@@ -279,6 +281,30 @@ class AmqpBroker(AmqpFleet, Broker):
             self._publish_raw(JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra)
 
         self._translate(send, retry=True)
+
+    def publish_many(self, items: Sequence[tuple[Envelope, float]]) -> None:
+        """Publish jobs with their confirms pipelined (:mod:`runner.brokers.amqp_batch`).
+
+        Not retried after a lost connection: some of the jobs may already be accepted.  A job
+        whose result is awaited (direct reply-to) must be published on the channel that
+        consumes the replies, so those go one at a time, on it, as :meth:`publish` sends them.
+        """
+        awaited = [(env, delay) for env, delay in items if env.reply_to == REPLY_TO]
+        for env, delay in awaited:
+            self.publish(env, delay)
+        now = time.time()
+        prepared = [(env, {H_NOT_BEFORE: int((now + delay) * 1000)} if delay > 0 else {})
+                    for env, delay in items if env.reply_to != REPLY_TO]
+
+        def send() -> None:
+            self._channel()  # connected, exchanges declared
+            if self._batch is None or self._batch.conn is not self._conn or not self._batch.usable:
+                assert self._conn is not None
+                self._batch = ConfirmBatch(self._conn)
+            self._batch.publish(prepared, self._props)
+
+        if prepared:
+            self._translate(send)
 
     def _translate(self, fn: Callable[[], Any], retry: bool = False) -> Any:
         """Run a channel operation; map pika errors to BrokerError (one reconnect if asked)."""

@@ -1,7 +1,7 @@
 """Landlock confinement, the file-system (and TCP) fallback where bubblewrap cannot run.
 
 An exec-chain element, not a library: the worker runs
-``python -I -S runner/landlock.py --rw WORKDIR --ro PATH ... [--list DIR] [--no-tcp] -- ARGV`` after the uid
+``python -I -S runner/sandbox/landlock.py --rw WORKDIR --ro PATH ... [--list DIR] [--no-tcp] -- ARGV`` after the uid
 drop, so no Python runs between fork and exec in the (multithreaded) worker.  It restricts
 itself (no_new_privs, then a Landlock ruleset: read and execute beneath the ``--ro`` paths,
 everything beneath the ``--rw`` ones, only the entries of the ``--list`` directories (the one

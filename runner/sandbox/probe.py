@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import cgroup, seccomp
+from runner.sandbox import cgroup, seccomp
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _landlock_abi() -> int:
 
 def _bwrap(tools: dict[str, str], root: bool) -> tuple[str, bool, str]:
     """(mode, supports --disable-userns, detail or error)."""
-    from runner.bwrap import NAMESPACES, ROOT_CAPS, SYSTEM_BINDS  # the view a job gets
+    from runner.sandbox.bwrap import NAMESPACES, ROOT_CAPS, SYSTEM_BINDS  # the view a job gets
 
     bwrap = tools.get("bwrap")
     if not bwrap:

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import bwrap, seccomp, workdir
-from runner.cgroup import JobCgroup
+from runner import workdir
+from runner.sandbox import bwrap, seccomp
+from runner.sandbox.cgroup import JobCgroup
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import SandboxProfile
-from runner.probe import HostReport, check_required, summary
+from runner.sandbox.probe import HostReport, check_required, summary
 
 log = logging.getLogger(__name__)
 DEFAULT_UID_BASE = 61000
@@ -115,7 +116,7 @@ class Jail:
     """Builds exec chains from a probe report and the ``[sandbox]`` settings.
 
     Args:
-        report: what the host allows (:func:`runner.probe.probe`).
+        report: what the host allows (:func:`runner.sandbox.probe.probe`).
         config: the ``[sandbox]`` table: ``require``, ``disable``, ``uid_base``, ``uid_count``,
             ``read_only`` (extra host paths jobs may read).
         slots: job slots of the worker (one uid each when the worker is root).
@@ -126,7 +127,8 @@ class Jail:
         workroot: Path | None = None,
     ) -> None:
         self.report = report
-        unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only"})
+        unknown = sorted(set(config) - {"require", "disable", "uid_base", "uid_count", "read_only",
+                                        "warm", "max_jobs_per_slot", "job_cgroups"})
         if unknown:
             raise ConfigError(f"[sandbox]: unknown setting {unknown[0]!r}")
         disabled = set(_names(config.get("disable", ()), "disable"))
@@ -135,7 +137,7 @@ class Jail:
         self.notes: dict[str, str] = {}
         if "uid" in self.layers and "bwrap" not in self.layers:
             # Without bwrap's binds a slot uid must reach the interpreter and the work dir itself.
-            paths = [sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent)]
+            paths = [sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent)]
             blocked = next((b for p in [*paths, str(workroot or "")] if p and (b := _closed(p))), None)
             if blocked:
                 self.layers.discard("uid")

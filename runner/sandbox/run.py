@@ -4,7 +4,7 @@ The basic layer (DESIGN §7.1), always on: the job gets its own session and proc
 whole tree is killed on timeout: SIGTERM, a grace period, then SIGKILL, and any process the job
 left behind is killed when it exits), a scrubbed environment, stdin closed and output captured
 to files with a size cap.  The other layers (rlimits, parent-death signal, slot uid, bubblewrap,
-seccomp, cgroups) are an exec chain that :class:`runner.jail.Jail` prepares; without one,
+seccomp, cgroups) are an exec chain that :class:`runner.sandbox.chain.Jail` prepares; without one,
 :func:`limit_chain` gives the basic rlimits and parent-death signal.
 
 No Python code runs between fork and exec in the (multithreaded) worker: everything is done by
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import reaper
+from runner.sandbox import reaper
 from runner.errors import RunnerError
 from runner.jobs import SandboxProfile
 
 if TYPE_CHECKING:
-    from runner.jail import Launch
+    from runner.sandbox.chain import Launch
 
 log = logging.getLogger(__name__)
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -51,6 +51,7 @@ class Completed:
     stderr: str
     duration: float
     usage: dict[str, int] = field(default_factory=dict)  # cgroup figures: oom_kills, ...
+    direct_status: bool = False  # the job's own status (a warm slot), not one bwrap relayed
 
 
 def _tool(name: str) -> str:
@@ -104,7 +105,7 @@ def run(
     ``logs`` is a directory outside the job's reach where stdout and stderr are captured.
     Setting ``cancel`` ends the job early the same way a timeout does.  ``progress`` gets each
     progress marker line the job prints on stdout, while it runs.  With ``launch`` (from
-    :meth:`runner.jail.Jail.prepare`) its chain replaces the basic one, and its cgroup is
+    :meth:`runner.sandbox.chain.Jail.prepare`) its chain replaces the basic one, and its cgroup is
     killed and its figures read when the job ends.
     """
     if launch is None:
@@ -134,14 +135,14 @@ def run(
     if launch is not None:
         launch.close()
     with reaper.tracking(proc.pid):
-        watch = _ProgressWatch(out_path, progress) if progress is not None else None
+        watch = ProgressWatch(out_path, progress) if progress is not None else None
         return _wait(proc, timeout, grace, cancel, launch, profile, out_path, err_path, started, watch)
 
 
 def _wait(
     proc: subprocess.Popen[bytes], timeout: float, grace: float, cancel: threading.Event | None,
     launch: Launch | None, profile: SandboxProfile, out_path: Path, err_path: Path, started: float,
-    watch: _ProgressWatch | None = None,
+    watch: ProgressWatch | None = None,
 ) -> Completed:
     timed_out = cancelled = False
     deadline = started + timeout
@@ -206,7 +207,7 @@ def _cleanup_on_error(launch: Launch | None) -> Iterator[None]:
         raise
 
 
-class _ProgressWatch:
+class ProgressWatch:
     """Reads what a job appended to its stdout file and passes on the progress marker lines."""
 
     def __init__(self, path: Path, report: Callable[[str], None]) -> None:

@@ -3,7 +3,8 @@
 A job sees: ``/usr`` (and the ``/bin``, ``/lib`` links) read-only, the few ``/etc`` files that
 programs need to start, a fresh ``/proc`` (its own PID namespace), a minimal ``/dev``, a private
 ``/tmp``, the Python installation and plugin packages read-only (function jobs only), and its
-own work directory, the one writable place, bound at the same path.  Every namespace is new;
+own work directory, bound at the same path (with ``/tmp`` and ``/dev/shm`` the only writable
+places; the rest of the skeleton is remounted read-only).  Every namespace is new;
 the network one is kept only when the job type declares network access.
 
 As root, bubblewrap runs privileged with every capability dropped but SETUID, SETGID and
@@ -98,9 +99,10 @@ def command(
         for name in NETWORK_ETC_FILES:
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    if tmp_size:
-        argv += ["--size", str(tmp_size)]
-    argv += ["--tmpfs", "/tmp"]
+    for private in ("/dev/shm", "/tmp"):
+        if tmp_size:
+            argv += ["--size", str(tmp_size)]
+        argv += ["--tmpfs", private]
     made: set[str] = set()
     for path in read_only:
         if not path.startswith("/usr/"):
@@ -108,7 +110,10 @@ def command(
     argv += [*_parents(str(workdir), made), "--bind", str(workdir), str(workdir)]
     for source, destination in binds:
         argv += [*_parents(destination, made), "--ro-bind", source, destination]
-    argv += ["--chdir", str(workdir)]
+    # The skeleton bwrap built (the root, the directories above binds, /dev) is read-only: a
+    # job writes only its work dir, /tmp and /dev/shm, which a warm slot host empties between
+    # jobs (unprivileged, the skeleton belongs to the job's own uid).
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", str(workdir)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", *inner]

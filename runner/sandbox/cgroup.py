@@ -153,6 +153,11 @@ class JobCgroup:
         procs = [str(d / "cgroup.procs") for d in self.dirs]
         return ["/bin/sh", "-c", JOIN_SCRIPT, "runner-cgroup", *procs, "--"]
 
+    def attach(self, pid: int) -> None:
+        """Move process ``pid`` (and its threads) into every group of the job."""
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(pid))
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for d in self.dirs:
@@ -192,7 +197,11 @@ class JobCgroup:
         if frozen:
             _try_write(self.host.freezer / self.name / "freezer.state", "THAWED")  # type: ignore[operator]
 
-    def stats(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
+        """``oom_kills`` and ``pids_max_hits`` so far: :meth:`stats` without the memory peak."""
+        return {k: v for k, v in self.stats(peak=False).items() if k != "memory_peak"}
+
+    def stats(self, peak: bool = True) -> dict[str, int]:
         """``oom_kills``, ``pids_max_hits`` and ``memory_peak`` (bytes), where the host tells."""
         out: dict[str, int] = {}
         if self.host.memory is not None:
@@ -200,9 +209,9 @@ class JobCgroup:
             events = _read_kv(mem / ("memory.events" if self.host.memory_v2 else "memory.oom_control"))
             if "oom_kill" in events:
                 out["oom_kills"] = events["oom_kill"]
-            peak = _read_int(mem / ("memory.peak" if self.host.memory_v2 else "memory.max_usage_in_bytes"))
-            if peak is not None:
-                out["memory_peak"] = peak
+            top = _read_int(mem / ("memory.peak" if self.host.memory_v2 else "memory.max_usage_in_bytes")) if peak else None
+            if top is not None:
+                out["memory_peak"] = top
         if self.host.pids is not None:
             events = _read_kv(self.host.pids / self.name / "pids.events")
             if "max" in events:
