@@ -152,6 +152,7 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     os.environ.clear()
     os.environ.update(env)
+    sys.argv = ["-c", "3", "4"]  # as in a cold child (python -c BOOT SPEC_FD RESULT_FD), not the host's
     random.seed()  # the host's generator state is every fork's: a function job gets its own
     os._exit(_call_function())
 
