@@ -31,6 +31,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,31 @@ def database_path(url: str) -> Path:
     return Path("/" + raw.lstrip("/"))
 
 
+def create_private(path: Path) -> None:
+    """Create ``path`` as an empty file readable by its owner only, unless it exists.
+
+    Never opens ``path`` itself: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, SQLite's among them (https://sqlite.org/howtocorrupt.html, 2.2), and
+    another broker object of this process may hold the file open.  The empty file is made
+    under a unique name, closed while nobody else knows it, and linked into place, which
+    fails harmlessly if someone created ``path`` meanwhile.  (Where hard links are not
+    supported, SQLite creates the file with the umask's mode instead.)  SQLite gives the
+    ``-wal`` and ``-shm`` files the database's mode.
+    """
+    if path.exists():
+        return
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.new")
+    os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    try:
+        os.link(spare, path)
+    except FileExistsError:
+        pass  # created by another process or thread meanwhile: theirs is the database
+    except OSError as exc:
+        log.warning("cannot create %s owner-only (%s); SQLite creates it", path, exc)
+    finally:
+        spare.unlink(missing_ok=True)
+
+
 def open_database(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
     """Open (creating if needed) the broker file in WAL mode, with the schema in place.
 
@@ -152,7 +178,7 @@ def open_database(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.
         raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        create_private(path)
         db = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
