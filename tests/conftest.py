@@ -91,14 +91,17 @@ def settings_factory(amqp_url, tmp_path, cleanup_queues):
 
 
 class WorkerProcess:
-    """``runner worker`` in a subprocess; its log lines are collected as they arrive."""
+    """``runner worker`` (or another long-running ``runner`` command) in a subprocess; its log
+    lines are collected as they arrive."""
 
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], args: list[str], log: Path, command: str = "worker"
+    ) -> None:
         self.log = log
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "worker", *args],
+            [sys.executable, "-m", "runner.cli", command, *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(TESTS),
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -129,7 +132,7 @@ class WorkerProcess:
             line = found()
         if line is None:
             state = "exited" if self.proc.poll() is not None else "running"
-            raise AssertionError(f"{text!r} not logged by the worker ({state}):\n{''.join(self.lines)}")
+            raise AssertionError(f"{text!r} not logged ({state}):\n{''.join(self.lines)}")
         assert ok
         return line
 
