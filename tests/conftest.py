@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from runner.testing import settings_for, unique_route
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 AMQP_URL = os.environ.get("RUNNER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Spools, event leftovers and default files of this run stay with it, not in the user's data.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="runner-test-data-")
 # Job processes (child interpreters) import the test job types from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p

@@ -399,7 +399,15 @@ class SqliteBroker(Broker):
     ) -> None:
         if not self._read("SELECT 1 FROM event_queues WHERE name = ?", (queue,)):
             raise BrokerError(f"event queue {queue!r} does not exist; declare it first")
-        self._stopping.clear()
+        # A stop requested before this starts is kept; the flag is cleared when consuming ends.
+        try:
+            self._consume_events(queue, on_events, batch)
+        finally:
+            self._stopping.clear()
+
+    def _consume_events(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int
+    ) -> None:
         delay = POLL_MIN
         while not self._closed and not self._stopping.is_set():
             seen = self._signal.generation
@@ -486,7 +494,16 @@ class SqliteBroker(Broker):
         on_message: Callable[[Envelope], Envelope | None],
         on_ready: Callable[[], None] | None = None,
     ) -> None:
-        self._stopping.clear()
+        # A stop requested before this starts is kept (it used to be cleared here, and lost);
+        # the flag is cleared when consuming ends.
+        try:
+            self._consume_broadcast(on_message, on_ready)
+        finally:
+            self._stopping.clear()
+
+    def _consume_broadcast(
+        self, on_message: Callable[[Envelope], Envelope | None], on_ready: Callable[[], None] | None
+    ) -> None:
         with self._reading() as db:
             last = store.last_broadcast(db)
         if on_ready is not None:

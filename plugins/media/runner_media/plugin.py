@@ -15,8 +15,8 @@ import click
 
 from runner import JobType, RetryPolicy, SandboxProfile, hookimpl
 from runner_media import convert, magick
-from runner_media.geometry import GRAVITIES, MODES, parse_size
-from runner_media.thumbnails import MAX_SIZES, parse_sizes
+# Not runner_media.thumbnails: it imports Pillow, which only the job processes need.
+from runner_media.geometry import GRAVITIES, MAX_SIZES, MODES, parse_size, parse_sizes
 
 __all__ = ["RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
 
