@@ -461,7 +461,9 @@ def test_a_stop_requested_before_broadcasts_or_events_are_read_is_kept(url: str)
         broker.stop_consuming()
         # When they start, they return instead of reading forever
         done = threading.Event()
-        thread = threading.Thread(target=lambda: (consume(broker), done.set()), daemon=True)
+        thread = threading.Thread(
+            target=lambda c=consume, b=broker, d=done: (c(b), d.set()), daemon=True
+        )
         thread.start()
         assert done.wait(10), "a stop requested before reading started was lost"
         broker.close()

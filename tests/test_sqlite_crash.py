@@ -21,7 +21,6 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from conftest import TESTS, WorkerProcess, wait_until
 
 from runner.broker import connect

@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.broker import EVENTS_QUEUE_MAX, Broker, Delivery, Envelope, Outgoing, ReplyInbox
+from runner.brokers import sqlite_file
 from runner.brokers import sqlite_store as store
 from runner.errors import BrokerError, ConfigError, UnroutableError
 from runner.message import H_DELIVERIES
@@ -85,16 +86,16 @@ class SqliteBroker(Broker):
         if lease <= 0 or poll_interval <= 0:
             raise ConfigError("the sqlite broker's lease and poll_interval must be positive")
         self.url = url
-        self._path = store.database_path(url)
+        self._path = sqlite_file.database_path(url)
         self._lease = lease
         self._max_redeliveries = max_redeliveries
         self._poll_max = max(POLL_MIN, poll_interval)
-        self._db: sqlite3.Connection | None = store.open_database(
+        self._db: sqlite3.Connection | None = sqlite_file.open_database(
             self._path, busy_timeout, synchronous
         )
         self._pid = os.getpid()
         self._lock = threading.RLock()  # one connection, shared by consume/settle/inbox threads
-        self._signal = store.signal_for(self._path)
+        self._signal = sqlite_file.signal_for(self._path)
         self._owner = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:12]}"
         self._tokens = itertools.count(1)
         self._unsettled: dict[str, int] = {}  # lease token -> message row id

@@ -15,8 +15,10 @@ import click
 
 from runner import JobType, RetryPolicy, SandboxProfile, hookimpl
 from runner_media import convert, magick
-# Not runner_media.thumbnails: it imports Pillow, which only the job processes need.
 from runner_media.geometry import GRAVITIES, MAX_SIZES, MODES, parse_size, parse_sizes
+
+# Nothing here imports Pillow (runner_media.thumbnails, resize, color do): only the job
+# processes need it, and every process that loads the plugins would pay for it.
 
 __all__ = ["RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
 

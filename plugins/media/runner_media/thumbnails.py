@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from runner import JobContext, Reject
 from runner_media import color, formats
-from runner_media.geometry import draft_request, parse_size, parse_sizes, plan
+from runner_media.geometry import draft_request, parse_sizes, plan
 from runner_media.resize import (
     _DECODE_ERRORS,
     _ORIENTATION,
@@ -27,6 +27,7 @@ from runner_media.resize import (
     _reason,
     _save,
 )
+
 
 def thumbnails(
     ctx: JobContext,
