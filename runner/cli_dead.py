@@ -27,9 +27,7 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
         "reason": env.headers.get(H_DEAD_REASON, ""),
         "error": env.headers.get(H_DEAD_ERROR, ""),
         "attempts": env.headers.get(H_ATTEMPT),
-        "submitted": (
-            datetime.fromtimestamp(env.timestamp, timezone.utc).isoformat() if env.timestamp else None
-        ),
+        "submitted": _when(env.timestamp),
     }
     if full:
         try:
@@ -44,6 +42,17 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
         record["exit_code"] = last.get("exit_code")
         record["worker"] = last.get("worker")
     return record
+
+
+def _when(stamp: int | None) -> str | None:
+    """An envelope timestamp as ISO 8601; ``None`` when absent or not a time (a dead letter
+    from a foreign publisher may carry milliseconds: it must still be listed)."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def resubmit(broker: Broker, job_id: str, signer: Signer | None = None) -> Envelope:

@@ -155,3 +155,28 @@ def test_a_whole_box_on_one_broker_file(box, tmp_path):
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+def test_dead_list_shows_a_dead_letter_whose_timestamp_is_not_a_time(box, tmp_path):
+    # Given a dead letter whose timestamp is in milliseconds (a foreign publisher's), as found on
+    # a shared RabbitMQ: `runner dead list` crashed with "year 3556290 is out of range"
+    from runner.broker import Envelope, Outgoing, Target, connect
+
+    with connect(box["RUNNER_BROKER_URL"]) as broker:
+        broker.declare_queue("odd", ["odd.#"])
+        odd = Envelope(body=b"{}", message_id="odd-1", type="boom", routing_key="odd.boom",
+                       timestamp=1_700_000_000_000)
+        broker.publish(odd)
+
+        def dead_letter(delivery) -> None:
+            broker.settle(delivery, [Outgoing(odd, Target.DEAD)]).result(10)
+            broker.stop_consuming()
+
+        broker.consume("odd", 1, dead_letter)
+    # When the dead letters are listed and shown
+    listed = cli(box, "dead", "list", "--json")
+    shown = cli(box, "dead", "show", "odd-1", "--json")
+    # Then the command works, and says it does not know when the job was submitted
+    assert listed.returncode == 0, listed.stderr
+    assert [(d["id"], d["submitted"]) for d in json.loads(listed.stdout)] == [("odd-1", None)]
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == "odd-1"
