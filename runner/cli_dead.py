@@ -44,6 +44,10 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
     return record
 
 
+# Dead letters may come from foreign publishers: header values of any AMQP type (a datetime)
+# are printed as text (``default=str``) rather than failing the listing.
+
+
 def _when(stamp: int | None) -> str | None:
     """An envelope timestamp as ISO 8601; ``None`` when absent or not a time (a dead letter
     from a foreign publisher may carry milliseconds: it must still be listed)."""
@@ -92,7 +96,7 @@ def dead_list(app: App, as_json: bool, limit: int) -> None:
     with connect(app.settings().broker_url) as broker:
         records = [describe(e) for e in broker.dead_letters(limit)]
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        click.echo(json.dumps(records, indent=2, default=str))
         return
     if not records:
         click.echo("no dead-lettered jobs")
@@ -112,11 +116,11 @@ def dead_show(app: App, job_id: str, as_json: bool) -> None:
         raise RunnerError(f"no dead-lettered job {job_id}")
     record = describe(found[0], full=True)
     if as_json:
-        click.echo(json.dumps(record, indent=2))
+        click.echo(json.dumps(record, indent=2, default=str))
         return
     for key in ("id", "job", "routing_key", "reason", "error", "attempts", "submitted", "worker", "exit_code", "params"):
         value = record.get(key)
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        click.echo(f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
     for key in ("traceback", "stderr"):
         if record.get(key):
             click.echo(f"--- {key} ---\n{record[key].rstrip()}")
