@@ -5,7 +5,10 @@ One run, same machine, same N, two worker slots each:
 * runner/sqlite and runner/amqp: `runner worker -c 2` in a subprocess, a no-op ARGV job
   (`true`, a sandboxed subprocess per job, as every runner job is), results waited on by one client;
 * huey/sqlite in-process: SqliteHuey, a consumer with 2 worker threads, a task that returns at once;
-* huey/sqlite + subprocess: the same task running `subprocess.run(["true"])`, to compare like with like.
+* huey/sqlite + subprocess: the same task running `subprocess.run(["true"])`, to compare like with like;
+* the embedded broker alone: a consumer process that settles each message with a reply (no job,
+  no sandbox) for a client waiting on replies, as SqliteHuey's in-process row does with no job;
+  the gap between this row and the first is what the sandbox and the job's process cost.
 
 Usage: python bench/brokers.py [N]        (prints a table; asserts nothing)
 """
@@ -63,6 +66,42 @@ def runner_rate(url: str, workdir: Path) -> float:
             broker.delete_queue(queue)
 
 
+BROKER_CONSUMER = """
+import sys
+from runner.broker import Envelope, Outgoing, Target, connect
+broker = connect(sys.argv[1])
+def on_delivery(d):
+    reply = Envelope(body=b"{}", message_id=d.envelope.message_id, type="result",
+                     routing_key=d.envelope.reply_to, correlation_id=d.envelope.message_id)
+    broker.settle(d, [Outgoing(reply, Target.REPLY)])
+print("consuming", flush=True)
+broker.consume("bench", 2, on_delivery)
+"""
+
+
+def broker_rate(url: str) -> float:
+    """Messages/s through the embedded broker alone: publish, consume, settle with a reply."""
+    from runner.broker import Envelope, connect
+
+    with connect(url) as broker:
+        broker.declare_queue("bench", ["bench.#"])
+        consumer = subprocess.Popen([sys.executable, "-c", BROKER_CONSUMER, url],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert consumer.stdout is not None and consumer.stdout.readline().startswith("consuming")
+            inbox = broker.reply_inbox()
+            start = time.perf_counter()
+            for i in range(N):
+                broker.publish(Envelope(body=b"{}", message_id=str(i), type="noop",
+                                        routing_key="bench.noop", reply_to=inbox.address))
+            for i in range(N):
+                assert inbox.get(str(i), 60) is not None
+            return N / (time.perf_counter() - start)
+        finally:
+            consumer.kill()
+            consumer.wait(60)
+
+
 HUEY_APP = """
 import subprocess
 from huey import SqliteHuey
@@ -110,6 +149,7 @@ def main() -> None:
         rows.append(("runner, RabbitMQ", "sandboxed subprocess", runner_rate(AMQP, tmp / "w2")))
         rows.append(("huey, SqliteHuey", "in-process function", huey_rate(tmp, "noop")))
         rows.append(("huey, SqliteHuey", "subprocess.run(['true'])", huey_rate(tmp, "noop_subprocess")))
+        rows.append(("runner's sqlite broker", "none (settle + reply)", broker_rate(f"sqlite:///{tmp / 'raw.sqlite3'}")))
     base = rows[0][2]
     print(f"trivial jobs, N={N}, 2 slots, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
     print(f"{'system':<24} {'job':<26} {'jobs/s':>8} {'vs runner/sqlite':>17}")

@@ -45,10 +45,17 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
     return record
 
 
-def _when(timestamp: int | None) -> str | None:
-    """The publisher's timestamp as ISO 8601; whoever published may have put anything there."""
+# Dead letters may come from foreign publishers: header values of any AMQP type (a datetime)
+# are printed as text (``default=str``) rather than failing the listing.
+
+
+def _when(stamp: int | None) -> str | None:
+    """An envelope timestamp as ISO 8601; ``None`` when absent or not a time (a dead letter
+    from a foreign publisher may carry milliseconds: it must still be listed)."""
+    if not stamp:
+        return None
     try:
-        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
+        return datetime.fromtimestamp(stamp, timezone.utc).isoformat()
     except (OverflowError, OSError, ValueError):
         return None
 

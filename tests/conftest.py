@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from runner.testing import settings_for, unique_route
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 AMQP_URL = os.environ.get("RUNNER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# Spools, event leftovers and default files of this run stay with it, not in the user's data.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="runner-test-data-")
 # Job processes (child interpreters) import the test job types from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p
@@ -91,14 +94,17 @@ def settings_factory(amqp_url, tmp_path, cleanup_queues):
 
 
 class WorkerProcess:
-    """``runner worker`` in a subprocess; its log lines are collected as they arrive."""
+    """``runner worker`` (or another long-running ``runner`` command) in a subprocess; its log
+    lines are collected as they arrive."""
 
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], args: list[str], log: Path, command: str = "worker"
+    ) -> None:
         self.log = log
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "worker", *args],
+            [sys.executable, "-m", "runner.cli", command, *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(TESTS),
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -129,7 +135,7 @@ class WorkerProcess:
             line = found()
         if line is None:
             state = "exited" if self.proc.poll() is not None else "running"
-            raise AssertionError(f"{text!r} not logged by the worker ({state}):\n{''.join(self.lines)}")
+            raise AssertionError(f"{text!r} not logged ({state}):\n{''.join(self.lines)}")
         assert ok
         return line
 

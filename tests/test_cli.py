@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from PIL import Image
 
 from runner import redact_url
@@ -193,3 +194,44 @@ def test_a_past_eta_is_said_out_loud(cli, tmp_path, route, cleanup_queues, worke
     worker_process(f"test.{route}", [f"{route}.#"])
     proc = cli("submit", "echo", "--text", "hi", "--route", route, "--eta", "2020-01-01T00:00Z")
     assert "warning: --eta 2020-01-01T00:00Z is in the past: the job may start at once" in proc.stderr
+
+
+def test_dead_letters_from_foreign_publishers_are_listed(cli, amqp_url, cleanup_queues):
+    # Given a dead letter with a millisecond timestamp and an AMQP timestamp header (the shared
+    # runner.dead queue had both; `runner dead list --json` failed with a traceback)
+    import datetime as dt
+
+    from runner.broker import Envelope, Outgoing, Target, connect
+    from runner.testing import unique_route
+
+    route = unique_route()
+    queue = f"test.{route}"
+    cleanup_queues.append(queue)
+    job_id = f"foreign-{route}"
+    odd = Envelope(body=b"{}", message_id=job_id, type="boom", routing_key=f"{route}.boom",
+                   timestamp=1_700_000_000_000,
+                   headers={"x-runner-attempt": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)})
+    with connect(amqp_url) as broker:
+        broker.declare_queue(queue, [f"{route}.#"])
+        broker.publish(odd)
+
+        settled = []
+
+        def dead_letter(delivery) -> None:  # on the connection's thread: do not wait here
+            settled.append(broker.settle(delivery, [Outgoing(odd, Target.DEAD)]))
+            broker.stop_consuming()
+
+        broker.consume(queue, 1, dead_letter)
+        settled[0].result(10)
+        try:
+            # When the dead letters are listed (the shared queue may be scanned by other runs at
+            # the same moment, hiding a letter for a while: list again until it shows)
+            def listed() -> list:
+                rows = json.loads(cli("dead", "list", "--json").stdout)
+                return [r for r in rows if r["id"] == job_id]
+
+            mine = wait_until(listed, 30, "the dead letter to be listed")
+            # Then the listing works, with what could not be read as a time left out or as text
+            assert mine[0]["submitted"] is None and mine[0]["attempts"].startswith("2026")
+        finally:
+            assert broker.take_dead(job_id) is not None

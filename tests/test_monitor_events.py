@@ -6,9 +6,12 @@ with deadlines.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +25,7 @@ from runner.errors import BrokerError
 from runner.plugins import make_plugins
 from runner.testing import running_worker, settings_for, unique_route
 from runner_monitor import events as ev
+from runner_monitor import leftovers
 from runner_monitor.emitter import Emitter
 from runner_monitor.outbox import WorkerEvents
 
@@ -309,7 +313,8 @@ def test_events_are_buffered_and_the_oldest_dropped_while_the_broker_is_away(tmp
         raise BrokerError("connection refused")
 
     worker = Away()
-    out = WorkerEvents(worker, heartbeat=60, buffer=5, opener=unreachable)
+    spool = leftovers.spool_for(worker.settings.broker_url, tmp_path / "spool")
+    out = WorkerEvents(worker, heartbeat=60, buffer=5, opener=unreachable, spool=spool)
     out.start()
     # When a worker emits more than that
     started = time.monotonic()
@@ -322,7 +327,8 @@ def test_events_are_buffered_and_the_oldest_dropped_while_the_broker_is_away(tmp
     assert kept[-1] == "19" and len(kept) <= 5
 
 
-def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cleanup_queues):
+def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cleanup_queues,
+                                                  tmp_path):
     # Given a monitor queue and `runner worker` in its own process
     queue = f"test.monitor.{uuid.uuid4().hex[:10]}"
     cleanup_queues.append(queue)
@@ -330,14 +336,17 @@ def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cle
         broker.declare_event_queue(queue, patterns=["worker.*"])
     route = unique_route()
     cleanup_queues.append(f"test.{route}")
-    wp = worker_process(f"test.{route}", [f"{route}.#"], env={"PYTHONFAULTHANDLER": "1"})
+    env = {"PYTHONFAULTHANDLER": "1", "XDG_DATA_HOME": str(tmp_path / "data")}
+    wp = worker_process(f"test.{route}", [f"{route}.#"], env=env)
     # When it is stopped with SIGTERM, and exits at once (no job running)
     try:
         assert wp.stop(signal.SIGTERM) == 0
     except subprocess.TimeoutExpired:
         wp.stop(signal.SIGABRT)  # faulthandler prints every thread's stack into the log
         pytest.fail("the worker did not exit after SIGTERM:\n" + "".join(wp.lines))
-    # Then its last event, published before the interpreter went, says it is offline
+    # And the next worker process starts (it sends what an exiting one could not)
+    worker_process(f"test.{route}", [f"{route}.#"], env=env)
+    # Then the last event of the first one says it is offline
     name = f"{socket.gethostname()}.{wp.proc.pid}"
     reader = Reader(amqp_url, queue)
     try:
@@ -348,3 +357,79 @@ def test_a_worker_process_says_offline_as_it_exits(amqp_url, worker_process, cle
         reader.close()
     states = [ev.from_envelope(e)["event"] for e in got if ev.from_envelope(e)["worker"] == name]
     assert states[0] == "worker.online" and states[-1] == "worker.offline"
+
+
+class _Worker:
+    """What WorkerEvents reads of a worker."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name, self.queue, self.bindings, self.concurrency, self.processed = name, "q", ("q.#",), 1, 0
+        self.settings = settings_for(url, "q")
+
+
+def test_events_left_at_exit_are_spooled_at_once_and_sent_by_the_next_worker(tmp_path):
+    # Given a monitor queue on the embedded broker, and a worker whose events cannot go out
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with connect(url) as broker:
+        broker.declare_event_queue("monitor")
+    spool = leftovers.spool_for(url, tmp_path / "spool")
+
+    def unreachable(url: str) -> Broker:
+        raise BrokerError("connection refused")
+
+    first = _Worker("w-first", url)
+    out = WorkerEvents(first, heartbeat=60, opener=unreachable, spool=spool)
+    out.start()
+    out.emit("job.started", job="echo", job_id="j1")
+    # When its process exits
+    spooled = out.spool_at_exit()
+    # Then what it had not published is on disk at once (online, the job, offline), the broker
+    # never reached
+    assert spooled == 3 and len(spool.pending()) == 1
+    # When the next worker starts on the same broker
+    reader = Reader(url, "monitor")
+    second = _Worker("w-second", url)
+    nxt = WorkerEvents(second, heartbeat=60, spool=spool)
+    nxt.start()
+    try:
+        got = reader.wait_until(lambda got: any(
+            ev.from_envelope(e)["worker"] == "w-second" for e in got))
+    finally:
+        nxt.stopping()
+        assert nxt.join(WAIT)
+        reader.close()
+    # Then the first worker's events arrive first, in order, and the spool is empty
+    names = [(ev.from_envelope(e)["worker"], e.routing_key) for e in got]
+    assert names[:4] == [("w-first", "worker.online"), ("w-first", "job.started.echo"),
+                         ("w-first", "worker.offline"), ("w-second", "worker.online")]
+    assert spool.pending() == []
+
+
+def test_runner_run_leaves_no_event_behind(tmp_path):
+    # Given a monitor queue on the default broker, and `runner run` with every plugin
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with connect(url) as broker:
+        broker.declare_event_queue("monitor")
+    env = {**os.environ, "RUNNER_BROKER_URL": url, "RUNNER_PLUGINS": "jobs_plugin",
+           "RUNNER_WORKDIR": str(tmp_path / "work"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("RUNNER_LOAD_PLUGINS", None)
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-m", "runner.cli", "run", "noop", "--json"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["worker"]
+
+    # When it runs a job twice (the second process sends what the first one left, if anything)
+    first, second = run(), run()
+    # Then the first run's job and its worker's whole life reached the monitor's queue
+    reader = Reader(url, "monitor")
+    try:
+        got = reader.wait_until(lambda got: any(
+            ev.from_envelope(e)["worker"] == second for e in got))
+    finally:
+        reader.close()
+    names = [e.routing_key for e in got if ev.from_envelope(e)["worker"] == first]
+    assert names[0] == "worker.online" and names[-1] == "worker.offline"
+    assert "job.succeeded.noop" in names

@@ -418,3 +418,52 @@ def test_url_forms_and_the_file_created(tmp_path: Path) -> None:
 def test_consuming_an_undeclared_queue_is_an_error(broker: SqliteBroker) -> None:
     with pytest.raises(BrokerError, match="declare it first"):
         broker.consume("missing", 1, lambda delivery: None)
+
+
+PUBLISH_AND_EXIT = """
+import sys
+from runner.broker import Envelope, connect
+with connect(sys.argv[1]) as broker:
+    broker.publish(Envelope(body=b"{}", message_id=sys.argv[2], type="t", routing_key="q.t"))
+"""
+
+
+def test_a_process_opening_more_broker_objects_still_sees_other_processes(url: str) -> None:
+    # Given a process that keeps one broker object and then opens another on the same file (as a
+    # worker does for its events and remote control): closing a descriptor of the file outside
+    # SQLite would drop every lock the process holds on it (issue 12)
+    first = SqliteBroker(url)
+    first.declare_queue("q", ["q.#"])
+    second = SqliteBroker(url)
+    try:
+        for i in range(1, 4):
+            # When another process publishes a job and exits (its last connection closing)
+            subprocess.run([sys.executable, "-c", PUBLISH_AND_EXIT, url, f"job-{i}"], check=True,
+                           timeout=60)
+            # Then this process sees every one of them, on either object
+            assert first.queue_depth("q") == i
+            assert second.queue_depth("q") == i
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_stop_requested_before_broadcasts_or_events_are_read_is_kept(url: str) -> None:
+    # Given stops that arrive before consume_broadcast() / consume_events() run (a SIGTERM at
+    # a worker's or a monitor's start)
+    with SqliteBroker(url) as setup:
+        setup.declare_event_queue("monitor")
+    for consume in (
+        lambda b: b.consume_broadcast("w", lambda env: None),
+        lambda b: b.consume_events("monitor", lambda batch: None),
+    ):
+        broker = SqliteBroker(url)
+        broker.stop_consuming()
+        # When they start, they return instead of reading forever
+        done = threading.Event()
+        thread = threading.Thread(
+            target=lambda c=consume, b=broker, d=done: (c(b), d.set()), daemon=True
+        )
+        thread.start()
+        assert done.wait(10), "a stop requested before reading started was lost"
+        broker.close()

@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from runner.broker import EVENTS_QUEUE_MAX, Broker, Delivery, Envelope, Outgoing, ReplyInbox
+from runner.brokers import sqlite_file
 from runner.brokers import sqlite_store as store
 from runner.errors import BrokerError, ConfigError, UnroutableError
 from runner.message import H_DELIVERIES
@@ -85,16 +86,16 @@ class SqliteBroker(Broker):
         if lease <= 0 or poll_interval <= 0:
             raise ConfigError("the sqlite broker's lease and poll_interval must be positive")
         self.url = url
-        self._path = store.database_path(url)
+        self._path = sqlite_file.database_path(url)
         self._lease = lease
         self._max_redeliveries = max_redeliveries
         self._poll_max = max(POLL_MIN, poll_interval)
-        self._db: sqlite3.Connection | None = store.open_database(
+        self._db: sqlite3.Connection | None = sqlite_file.open_database(
             self._path, busy_timeout, synchronous
         )
         self._pid = os.getpid()
         self._lock = threading.RLock()  # one connection, shared by consume/settle/inbox threads
-        self._signal = store.signal_for(self._path)
+        self._signal = sqlite_file.signal_for(self._path)
         self._owner = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:12]}"
         self._tokens = itertools.count(1)
         self._unsettled: dict[str, int] = {}  # lease token -> message row id
@@ -399,7 +400,15 @@ class SqliteBroker(Broker):
     ) -> None:
         if not self._read("SELECT 1 FROM event_queues WHERE name = ?", (queue,)):
             raise BrokerError(f"event queue {queue!r} does not exist; declare it first")
-        self._stopping.clear()
+        # A stop requested before this starts is kept; the flag is cleared when consuming ends.
+        try:
+            self._consume_events(queue, on_events, batch)
+        finally:
+            self._stopping.clear()
+
+    def _consume_events(
+        self, queue: str, on_events: Callable[[list[Envelope]], None], batch: int
+    ) -> None:
         delay = POLL_MIN
         while not self._closed and not self._stopping.is_set():
             seen = self._signal.generation
@@ -486,7 +495,16 @@ class SqliteBroker(Broker):
         on_message: Callable[[Envelope], Envelope | None],
         on_ready: Callable[[], None] | None = None,
     ) -> None:
-        self._stopping.clear()
+        # A stop requested before this starts is kept (it used to be cleared here, and lost);
+        # the flag is cleared when consuming ends.
+        try:
+            self._consume_broadcast(on_message, on_ready)
+        finally:
+            self._stopping.clear()
+
+    def _consume_broadcast(
+        self, on_message: Callable[[Envelope], Envelope | None], on_ready: Callable[[], None] | None
+    ) -> None:
         with self._reading() as db:
             last = store.last_broadcast(db)
         if on_ready is not None:

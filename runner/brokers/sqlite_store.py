@@ -1,7 +1,8 @@
-"""Storage for the embedded broker: the database file, its schema, rows <-> envelopes, wake-ups.
+"""Storage for the embedded broker: its schema, and rows <-> envelopes.
 
 Kept apart from :mod:`runner.brokers.sqlite` so that the broker module reads as the protocol
-(claim, lease, settle) and this one as the plumbing underneath it.
+(claim, lease, settle) and this one as the plumbing underneath it; the file itself (creating,
+opening, wake-ups) is :mod:`runner.brokers.sqlite_file`.
 
 Tables (schema version 1, ``PRAGMA user_version``):
 
@@ -27,23 +28,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import threading
-import urllib.parse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from runner.broker import Envelope, Outgoing, Target, topic_matches
-from runner.errors import BrokerError, ConfigError
 from runner.message import H_DEAD_REASON
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_PRIORITY = 9
-SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 
 # The envelope as columns, in Envelope field order; shared by messages, dead and replies.
 ENVELOPE_COLUMNS = (
@@ -127,63 +122,6 @@ RELEASE = (
     "UPDATE messages SET lease_owner = NULL, lease_token = NULL, lease_until = NULL "
     "WHERE lease_owner = ?"
 )
-
-
-def database_path(url: str) -> Path:
-    """The absolute file path a ``sqlite:///absolute/path`` URL names.
-
-    Four slashes (``sqlite:////abs``, what ``f"sqlite:///{abs_path}"`` yields) mean the same.
-    """
-    parts = urllib.parse.urlsplit(url)
-    raw = urllib.parse.unquote(parts.path)
-    if parts.scheme.lower() != "sqlite" or parts.netloc or parts.query or not raw.startswith("/"):
-        raise ConfigError(
-            f"bad sqlite broker URL {url!r}: use sqlite:///absolute/path/broker.sqlite3"
-        )
-    return Path("/" + raw.lstrip("/"))
-
-
-def open_database(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
-    """Open (creating if needed) the broker file in WAL mode, with the schema in place.
-
-    The file is created readable by its owner only: jobs may carry private data.
-    """
-    if synchronous.upper() not in SYNCHRONOUS_MODES:
-        raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-    except (OSError, sqlite3.Error) as exc:
-        raise BrokerError(f"cannot open the sqlite broker at {path}: {exc}") from exc
-    try:
-        # WAL: readers never block the writer, and a commit is one append to the log.
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise BrokerError(f"{path}: the file system does not support WAL mode ({mode})")
-        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise BrokerError(f"{path} was created by a newer runner (schema {version})")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    except sqlite3.Error as exc:
-        db.close()
-        raise BrokerError(f"cannot prepare the sqlite broker at {path}: {exc}") from exc
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 def envelope_values(env: Envelope) -> tuple[Any, ...]:
@@ -375,45 +313,6 @@ def take_reply(db: sqlite3.Connection, address: str, correlation_id: str) -> Env
         return None
     db.execute("DELETE FROM replies WHERE id = ?", (row[0],))
     return row_envelope(row[1:])
-
-
-class Signal:
-    """Wakes the waiters of one database file in this process when something changes.
-
-    Waiters note :attr:`generation` before looking, then :meth:`wait` for it to move, so a
-    change made between the look and the wait is never missed.  Other processes are not
-    signalled: their waiters find changes by polling.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        with self._cond:
-            return self._generation
-
-    def notify(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a change after ``seen``; True if one came."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._generation != seen, max(0.0, timeout))
-
-
-_signals: dict[str, Signal] = {}
-_signals_lock = threading.Lock()
-
-
-def signal_for(path: Path) -> Signal:
-    """The process-wide :class:`Signal` of a database file."""
-    key = os.path.realpath(path)
-    with _signals_lock:
-        return _signals.setdefault(key, Signal())
 
 
 def insert_broadcast(db: sqlite3.Connection, env: Envelope, now: float) -> None:

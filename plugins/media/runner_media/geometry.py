@@ -98,3 +98,21 @@ def draft_request(source: tuple[int, int], chosen: Plan, transposed: bool) -> tu
     if transposed:
         sx, sy = sy, sx
     return max(1, int(source[0] * sx * 2)), max(1, int(source[1] * sy * 2))
+
+
+MAX_SIZES = 16
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"64x64,200x200"`` -> ``[(64, 64), (200, 200)]``: 1..16 sizes, duplicates dropped.
+
+    Raises:
+        ValueError: with a message fit to show a user.
+    """
+    parts = [part for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise ValueError("sizes: give at least one WIDTHxHEIGHT, e.g. 64x64,200x200")
+    sizes = list(dict.fromkeys(parse_size(part) for part in parts))
+    if len(sizes) > MAX_SIZES:
+        raise ValueError(f"sizes: {len(sizes)} sizes, at most {MAX_SIZES}")
+    return sizes

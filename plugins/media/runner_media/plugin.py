@@ -15,8 +15,10 @@ import click
 
 from runner import JobType, RetryPolicy, SandboxProfile, hookimpl
 from runner_media import convert, magick
-from runner_media.geometry import GRAVITIES, MODES, parse_size
-from runner_media.thumbnails import MAX_SIZES, parse_sizes
+from runner_media.geometry import GRAVITIES, MAX_SIZES, MODES, parse_size, parse_sizes
+
+# Nothing here imports Pillow (runner_media.thumbnails, resize, color do): only the job
+# processes need it, and every process that loads the plugins would pay for it.
 
 __all__ = ["RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from runner import JobContext, Reject
 from runner_media import color, formats
-from runner_media.geometry import draft_request, parse_size, plan
+from runner_media.geometry import draft_request, parse_sizes, plan
 from runner_media.resize import (
     _DECODE_ERRORS,
     _ORIENTATION,
@@ -27,23 +27,6 @@ from runner_media.resize import (
     _reason,
     _save,
 )
-
-MAX_SIZES = 16
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"64x64,200x200"`` -> ``[(64, 64), (200, 200)]``: 1..16 sizes, duplicates dropped.
-
-    Raises:
-        ValueError: with a message fit to show a user.
-    """
-    parts = [part for part in str(text).split(",") if part.strip()]
-    if not parts:
-        raise ValueError("sizes: give at least one WIDTHxHEIGHT, e.g. 64x64,200x200")
-    sizes = list(dict.fromkeys(parse_size(part) for part in parts))
-    if len(sizes) > MAX_SIZES:
-        raise ValueError(f"sizes: {len(sizes)} sizes, at most {MAX_SIZES}")
-    return sizes
 
 
 def thumbnails(

@@ -4,7 +4,9 @@ A hook only appends a small dict to the buffer (cheap, never blocking a job).  O
 worker object owns its own broker connection: it publishes the buffer in order and emits the
 heartbeat.  When the broker cannot be reached the buffer keeps the newest ``buffer`` events,
 drops the oldest and counts them (``dropped`` in the heartbeat; the ``seq`` numbers show the
-gap).  At interpreter exit the last events (``worker.offline``) get a few seconds to go out.
+gap).  The interpreter's exit never waits for the broker: the events still buffered then
+(``worker.offline`` among them) go to a durable spool that the next worker process publishes
+first (:mod:`runner_monitor.leftovers`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from typing import Any
 
 from runner import redact_url
 from runner.broker import Broker, connect
+from runner.spool import Spool
 from runner_monitor import events as ev
+from runner_monitor import leftovers
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 BUFFER = 10_000
 BACKOFF_MAX = 30.0
 STOP_EXTRA = 10.0  # seconds past the worker's grace a stopping worker's events may still take
-EXIT_FLUSH = 5.0  # seconds the interpreter's exit waits for the last events (worker.offline)
 
 
 def _connect(url: str) -> Broker:
@@ -46,6 +49,7 @@ class WorkerEvents:
         heartbeat: float = HEARTBEAT,
         buffer: int = BUFFER,
         opener: Callable[[str], Broker] = _connect,
+        spool: Spool | None = None,
     ) -> None:
         self.name = str(worker.name)
         self.queue = str(getattr(worker, "queue", ""))
@@ -60,6 +64,7 @@ class WorkerEvents:
         self.published = 0
         self._worker = weakref.ref(worker)
         self._opener = opener
+        self._spool = spool or leftovers.spool_for(self.url)
         self._origin = {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid()}
         self._buffer: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
@@ -154,7 +159,7 @@ class WorkerEvents:
                     self._stopping_at = time.monotonic()  # the worker object is gone
                 with self._cond:
                     self._cond.wait_for(
-                        lambda: bool(self._buffer) or self._offline_due()
+                        lambda: bool(self._buffer) or self._offline_due() or self._offline_sent
                         or time.monotonic() >= next_beat,
                         timeout=max(0.0, next_beat - time.monotonic()),
                     )
@@ -180,7 +185,9 @@ class WorkerEvents:
                 if event is None:
                     continue
                 try:
-                    broker = broker or self._opener(self.url)
+                    if broker is None:
+                        broker = self._opener(self.url)
+                        self._resend_leftovers(broker)
                     broker.publish_event(ev.to_envelope(event))
                 except NotImplementedError:
                     log.warning("the broker at %s carries no events; events are off", redact_url(self.url))
@@ -210,31 +217,56 @@ class WorkerEvents:
             if broker is not None:
                 _close(broker)
 
+    def _resend_leftovers(self, broker: Broker) -> None:
+        """Publish what exited processes left in the spool, before this worker's own events."""
+        try:
+            sent = leftovers.resend(self._spool, broker)
+        except OSError as exc:
+            log.warning("cannot read the event spool %s: %s", self._spool.root, exc)
+            return
+        if sent:
+            log.info("published %d events that exited workers left in %s", sent, self._spool.root)
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the thread has published everything and stopped (tests, embedders)."""
         return self.closed.wait(timeout)
 
-    def flush_at_exit(self, timeout: float) -> None:
-        """The process is exiting: say ``worker.offline`` now and publish what is left."""
+    def spool_at_exit(self) -> int:
+        """The process is exiting: say ``worker.offline``, and spool what is not published.
+
+        Never waits for the broker.  Returns how many events were spooled.
+        """
         with self._cond:
+            if self.closed.is_set():
+                return 0  # the thread published everything and ended
             if self._stopping_at is None:
                 self._stopping_at = time.monotonic()
             self._exiting = True
+            say_offline = not self._offline_sent
+            self._offline_sent = True
+        if say_offline:
+            self.emit("worker.offline", **self._load())
+        with self._cond:
+            unsent = list(self._buffer)
+            self._buffer.clear()
+            self.closed.set()  # later events are dropped (counted): the process is going
             self._cond.notify_all()
-        self.closed.wait(timeout)
+        try:
+            return leftovers.keep(self._spool, unsent)
+        except OSError as exc:
+            log.warning("lost %d events at exit: cannot spool them (%s)", len(unsent), exc)
+            return 0
 
 
 _LIVE: weakref.WeakSet[WorkerEvents] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_all() -> None:
-    # Daemon threads die with the interpreter; ``runner worker`` exits right after its last
-    # job, so wait (briefly) for the offline event and whatever else is buffered.
-    deadline = time.monotonic() + EXIT_FLUSH
+def _spool_all() -> None:
+    # Daemon threads die with the interpreter, and exiting must not wait on a broker: what is
+    # left goes to the spool, for the next worker process to publish.
     for out in list(_LIVE):
-        if not out.closed.is_set():
-            out.flush_at_exit(max(0.0, deadline - time.monotonic()))
+        out.spool_at_exit()
 
 
 def _close(broker: Broker) -> None:

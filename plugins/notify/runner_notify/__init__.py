@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import click
 
 from runner import ConfigError, hookimpl
 from runner_notify.config import EmailSettings, JobRule, email_settings, job_rules
-from runner_notify.report import describe
-from runner_notify.sender import NOTIFIERS, Notifier
+
+if TYPE_CHECKING:
+    from runner_notify.sender import Notifier
 
 __all__ = ["Notifier", "notifier_for"]
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ def worker_started(worker: Any) -> None:
         if cfg is None:
             return
         rules = job_rules(worker.settings)
+        # Imported only when e-mail is on: smtplib, ssl and the mail modules cost every
+        # process that loads the plugin (each `runner run`) a noticeable part of its start.
+        from runner_notify.sender import NOTIFIERS
+
         notifier = NOTIFIERS.acquire(cfg)
     except ConfigError as exc:
         log.error("notify: %s; failure e-mails are off for worker %s", exc, worker.name)
@@ -73,6 +78,8 @@ def worker_started(worker: Any) -> None:
 def worker_stopping(worker: Any) -> None:
     binding = _bindings.get(worker)
     if binding is not None:  # jobs finishing during the grace period still spool their mail
+        from runner_notify.sender import NOTIFIERS
+
         NOTIFIERS.release(binding.notifier, linger=worker.settings.grace)
 
 
@@ -110,9 +117,20 @@ def register_commands(cli: click.Group) -> None:
 
 
 def _notify(binding: _Binding, kind: str, rule: JobRule, **about: Any) -> None:
+    from runner_notify.report import describe
+
     failure = describe(kind, binding.cfg, rule, **about)
     try:
         binding.notifier.notify(failure)
     except OSError as exc:
         log.error("notify: could not spool the e-mail about job %s %s: %s",
                   failure.job, failure.job_id, exc)
+
+
+def __getattr__(name: str) -> Any:
+    # ``from runner_notify import Notifier`` still works; the import happens on first use.
+    if name == "Notifier":
+        from runner_notify.sender import Notifier
+
+        return Notifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
