@@ -420,11 +420,16 @@ def test_headers_of_every_size_of_error_fit_one_frame(amqp_url):
             broker.delete_queue(queue)
 
 
+def job_dirs(workdir: Path) -> list[Path]:
+    """Job directories under a worker's work dir: cold (ROOT/JOB/job), warm (ROOT/slot-N/JOB),
+    or finished and waiting to be deleted (ROOT/trash/JOB)."""
+    return [*workdir.glob("*/*/job"), *workdir.glob("*/slot-*/*"), *workdir.glob("*/trash/*")]
+
+
 def test_a_deep_directory_tree_is_removed(client, worker):
     result = run(client, worker, "attack-deep", depth=3000)
     assert result.ok and result.value == 3000, result.error
-    roots = [p for p in worker.workdir.iterdir() if p.is_dir()]
-    assert eventually(lambda: all(not any(r.iterdir()) for r in roots)), "work left on the host"
+    assert eventually(lambda: not job_dirs(worker.workdir)), "work left on the host"
     assert "worker error" not in "".join(worker.lines)
     still_serving(client, worker)
 
@@ -449,12 +454,14 @@ def test_work_of_a_killed_worker_is_swept_at_start(client, worker, amqp_url):
         if worker.kind != "unprivileged":  # its quota mounts live and die with it
             assert os.readlink(f"/proc/{first.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         client.submit("attack-linger", {"seconds": 60}, route=first.route)
-        assert eventually(lambda: list(workdir.glob("*/*/job")), 30), "the job did not start"
+        assert eventually(lambda: job_dirs(workdir), 30), "the job did not start"
         first.proc.kill()
         first.proc.wait(30)
         second = WorkerUnderTest(worker.kind, amqp_url, workdir)
         second.wait_for_log("consuming queue")
-        assert list(workdir.glob("*/*")) == [], "work of the killed worker is left"
+        assert job_dirs(workdir) == [], "work of the killed worker is left"
+        roots = [p.name for p in workdir.iterdir() if p.is_dir()]
+        assert all(f".{second.pid}-" in name for name in roots), f"a killed worker's root is left: {roots}"
         with open("/proc/self/mountinfo") as fh:
             assert str(workdir) not in fh.read(), "a quota mount of the killed worker is left"
     finally:
