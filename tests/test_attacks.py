@@ -420,16 +420,18 @@ def test_headers_of_every_size_of_error_fit_one_frame(amqp_url):
             broker.delete_queue(queue)
 
 
-def job_dirs(workdir: Path) -> list[Path]:
-    """Job directories under a worker's work dir: cold (ROOT/JOB/job), warm (ROOT/slot-N/JOB),
-    or finished and waiting to be deleted (ROOT/trash/JOB)."""
-    return [*workdir.glob("*/*/job"), *workdir.glob("*/slot-*/*"), *workdir.glob("*/trash/*")]
+def job_dirs(workdir: Path, job_id: str = "") -> list[Path]:
+    """Job directories under a worker's work dir (of one job, if given): cold (ROOT/JOB/job),
+    warm (ROOT/slot-N/JOB), or finished and waiting to be deleted (ROOT/trash/JOB)."""
+    found = [*(p.parent for p in workdir.glob("*/*/job")), *workdir.glob("*/slot-*/*"),
+             *workdir.glob("*/trash/*")]
+    return [p for p in found if p.name.startswith(job_id[:12])]
 
 
 def test_a_deep_directory_tree_is_removed(client, worker):
     result = run(client, worker, "attack-deep", depth=3000)
     assert result.ok and result.value == 3000, result.error
-    assert eventually(lambda: not job_dirs(worker.workdir)), "work left on the host"
+    assert eventually(lambda: not job_dirs(worker.workdir, result.id)), "work left on the host"
     assert "worker error" not in "".join(worker.lines)
     still_serving(client, worker)
 
