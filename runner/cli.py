@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -98,6 +99,10 @@ def worker(app: App, queue: str | None, bindings: tuple[str, ...], concurrency: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
+    if w.forced:
+        # Slot threads that would not end must not hold the process open (exit joins them).
+        logging.shutdown()
+        os._exit(1)
 
 
 def _broker_options(settings: Any) -> dict[str, Any]:
