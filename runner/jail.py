@@ -29,6 +29,7 @@ from runner.cgroup import JobCgroup
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import SandboxProfile
 from runner.probe import HostReport, check_required, summary
+from runner.sandbox import ALIVE_CHECK
 
 log = logging.getLogger(__name__)
 DEFAULT_UID_BASE = 61000
@@ -228,7 +229,7 @@ class Jail:
             if launch.cgroup is not None:
                 launch.cgroup.remove()
             raise
-        launch.argv = [*chain, *argv]
+        launch.argv = [*chain, *ALIVE_CHECK, *argv]  # last: the worker still lives
         log.debug("exec %s", shlex.join(launch.argv))
         return launch
 
