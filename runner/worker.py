@@ -56,6 +56,7 @@ from runner.message import (
 )
 from runner.handover import H_GUARD, Guardian
 from runner.isolation import Isolation
+from runner.leftovers import sweep_workdirs
 from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.probe import probe
@@ -177,6 +178,8 @@ class Worker:
         for name, options in self.settings.jobs.items():
             if isinstance(options, dict) and options.get("rate_limit"):
                 self.limiter.set(name, str(options["rate_limit"]))
+        if self.name == f"{socket.gethostname()}.{os.getpid()}":  # the default name: sweepable
+            sweep_workdirs(self.workroot.parent, socket.gethostname())
         self.jail = Jail(probe(), self.settings.sandbox, self.concurrency, self.workroot)
         log.info("%s", self.jail.describe())
 
