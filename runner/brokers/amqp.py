@@ -116,6 +116,7 @@ class AmqpBroker(AmqpFleet, Broker):
         self._prefetch = 0
         self._restart_consumer: Callable[[], None] | None = None
         self._replies: dict[str, Envelope] = {}
+        self._reply_generation: dict[str, int] = {}  # job id -> connection its reply comes on
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
         self._inboxes: list[_AmqpInbox] = []
@@ -273,6 +274,11 @@ class AmqpBroker(AmqpFleet, Broker):
             if envelope.reply_to == REPLY_TO:
                 for inbox in self._inboxes:
                     inbox.subscribe()
+                # Direct reply-to is bound to this connection: a reply to a job sent on an
+                # earlier one can never arrive (the inbox says so instead of waiting for ever).
+                self._reply_generation[envelope.correlation_id or envelope.message_id] = self._generation
+                if len(self._reply_generation) > 100_000:  # jobs sent with wait=True, never waited for
+                    del self._reply_generation[next(iter(self._reply_generation))]
             self._publish_raw(JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra)
 
         self._translate(send, retry=True)
@@ -663,20 +669,36 @@ class _AmqpInbox(ReplyInbox):
         self._generation = broker._generation
 
     def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
+        """Wait for a reply; :class:`BrokerError` once it cannot come any more.
+
+        A reply travels on the connection its job was sent on: after that connection is lost,
+        every wait for the job raises (never a raw pika error); jobs sent after the reconnect
+        (which the next publish makes) are waited for as usual.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn = self._ch.connection
-        while correlation_id not in self.broker._replies:
+        broker = self.broker
+        job_id = correlation_id.rpartition(":")[0] if correlation_id.endswith(":progress") else correlation_id
+        while correlation_id not in broker._replies:
+            sent_on = broker._reply_generation.get(job_id, self._generation)
+            if sent_on != broker._generation or not self._ch.is_open:
+                raise self._lost(correlation_id, "the connection it was sent on is gone")
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return None
             try:
-                conn.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
-            except CONNECTION_ERRORS as exc:
-                raise BrokerError(
-                    f"lost the connection to RabbitMQ while waiting for job {correlation_id}; "
-                    f"the job itself is safe: check it with `runner dead list` or resubmit ({exc})"
-                ) from exc
-        return self.broker._replies.pop(correlation_id)
+                self._ch.connection.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
+            except Exception as exc:  # pika raises more than connection errors on a dead link
+                broker._drop_connection()  # the next publish reconnects
+                raise self._lost(correlation_id, str(exc) or type(exc).__name__) from exc
+        broker._reply_generation.pop(job_id, None)
+        return broker._replies.pop(correlation_id)
+
+    @staticmethod
+    def _lost(correlation_id: str, why: str) -> BrokerError:
+        return BrokerError(
+            f"lost the connection to RabbitMQ while waiting for job {correlation_id} ({why}); "
+            "the job itself is safe: check it with `runner dead list` or resubmit"
+        )
 
     def close(self) -> None:
         if self in self.broker._inboxes:
