@@ -1,0 +1,38 @@
+"""A job that crashes its workers is dead-lettered; a job that merely shared a worker with it
+is not blamed (issue 18 item 6; the rule is in docs/fleet.md, "Crash loops")."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+from conftest import wait_until
+from runner.broker import connect
+
+
+def test_a_job_that_shared_a_worker_with_a_crasher_still_completes(client, worker_process, route, amqp_url, cleanup_queues):
+    queue = f"test.{route}"
+    cleanup_queues.append(queue)
+    env = {"RUNNER_MAX_REDELIVERIES": "2"}
+    with connect(amqp_url) as broker:
+        broker.declare_queue(queue, [f"{route}.#"])
+    # Given an innocent 3 s job, and a poison job that brings down every worker it starts on
+    innocent = client.submit("sleeper", {"seconds": 3}, route=route, wait=True)
+    poison = client.submit("napper", {"seconds": f"9.{uuid.uuid4().int % 10**6}"}, route=route)
+    started, dead = f"job {poison.id} napper attempt 1 started", f"message {poison.id} dead-lettered"
+    crashes = 0
+    for _ in range(10):
+        w = worker_process(queue, [f"{route}.#"], "--concurrency", "2", env=env)
+        seen = wait_until(lambda: [line for line in w.lines if started in line or dead in line], 60,
+                          "the poison job to start or die")
+        if dead in seen[0]:
+            break
+        w.proc.send_signal(signal.SIGKILL)  # the poison job "crashes" its worker
+        w.proc.wait(10)
+        crashes += 1
+    # Then the poison job is dead-lettered as a crasher after max_redeliveries + 1 crashes
+    assert "it may crash workers" in seen[0] and crashes == 3
+    # and the job that ran beside it the first time completes, however often it was delivered
+    result = innocent.wait(60)
+    assert result.ok and result.attempts == 1
+    w.stop()
