@@ -24,7 +24,8 @@ def render(history: History, now: float | None = None) -> str:
     counters = history.counters()
     lines = [
         "# HELP runner_jobs_total Job events seen, by job type and state "
-        "(received, started, succeeded, failed (every failed attempt), retried, dead).",
+        "(received, started, succeeded, failed (every failed attempt), retried, dead, "
+        "repeated (an attempt that completed again: a duplicate run)).",
         "# TYPE runner_jobs_total counter",
     ]
     for row in counters["jobs"]:
