@@ -121,3 +121,10 @@ def register_napper(register):
                      argv=lambda p, ctx: ["sleep", p["seconds"]],
                      params=[click.Option(["--seconds"], required=True)], timeout=120,
                      retry=RetryPolicy(attempts=1)))
+
+
+@hookimpl(specname="job_started")
+def hang_in_a_hook(message):
+    # A plugin hook that never returns (tests/test_worker_log.py): its slot can never end.
+    if message.params.get("seconds") == "hang-in-hook":
+        time.sleep(3600)

@@ -44,3 +44,15 @@ def test_the_job_directories_of_a_killed_worker_are_removed_by_the_next(client, 
     # When the next worker starts on the box, the directory goes
     worker_process(queue, [f"{route}.#"])
     wait_until(lambda: not left.exists(), 30, "the dead worker's job directory to be removed")
+
+
+def test_a_slot_that_never_ends_does_not_keep_the_worker_from_stopping(client, worker_process, route, cleanup_queues):
+    queue = f"test.{route}"
+    cleanup_queues.append(queue)
+    w = worker_process(queue, [f"{route}.#"], env={"RUNNER_GRACE": "0.5"})
+    # Given a job whose slot hangs in a plugin hook, before the job even starts
+    handle = client.submit("napper", {"seconds": "hang-in-hook"}, route=route)
+    w.wait_for_log(f"job {handle.id} napper attempt 1 started")
+    # When the worker is asked to stop, it gives up on that slot after a while
+    assert w.stop(signal.SIGTERM) == 1
+    w.wait_for_log("jobs did not stop within 15s")
