@@ -231,9 +231,12 @@ _SCALARS = (str, int, float, bool, os.PathLike)  # a path only from the Python A
 def _check_shape(job: str, name: str, param: click.Parameter, value: Any) -> None:
     """A scalar parameter takes a scalar; ``multiple`` or ``nargs`` ones a list of them.
 
-    click converts whatever it is given (``str({"x": 1})`` is a fine string to it), so the shape
-    is checked first: a list or an object where one value belongs is a bad message.
+    click's own types convert whatever they are given (``str({"x": 1})`` is a fine string to
+    them), so the shape is checked first: a list or an object where one value belongs is a bad
+    message.
     """
+    if type(param.type).__module__ != "click.types":
+        return  # a type of a plugin's own may take lists or objects; it checks them itself
     many = bool(getattr(param, "multiple", False))
     wide = param.nargs != 1
     expected = {0: "a plain value (not a list or object)", 1: "a list of plain values",

@@ -364,7 +364,11 @@ def _load(env: Envelope, what: str) -> dict[str, Any]:
         raise MessageError(f"{what} message is larger than {MAX_BODY} bytes")
     if not isinstance(env.body, (bytes, bytearray)):
         raise MessageError(f"{what} message body is not bytes")
-    obj = safejson.loads(env.body, f"{what} message")
+    if what == "job":
+        obj = safejson.loads(env.body, "job message")
+    else:  # what a worker reports back: any JSON value a job returned, within looser bounds
+        obj = safejson.loads(env.body, f"{what} message", max_depth=200, max_nodes=10**7,
+                             allow_nan=True)
     if not isinstance(obj, dict):
         raise MessageError(f"{what} message is not a JSON object")
     return obj

@@ -42,17 +42,22 @@ def _constant(text: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_constant)
+# Results: a job may return NaN (Python's json writes it); still bounded in size and depth.
+_LENIENT = json.JSONDecoder(parse_int=_int)
 
 
-def loads(data: str | bytes, what: str, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
+def loads(
+    data: str | bytes, what: str, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES,
+    allow_nan: bool = False,
+) -> Any:
     """Decode ``data`` (UTF-8 JSON) or raise :class:`MessageError` saying why not.
 
-    Numbers must be finite and fit 64 bits; nesting stops at ``max_depth`` and the document
-    at ``max_nodes`` values.
+    Numbers must be finite (unless ``allow_nan``) and integers fit 64 bits; nesting stops at
+    ``max_depth`` and the document at ``max_nodes`` values.
     """
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        value = _DECODER.decode(text)
+        value = (_LENIENT if allow_nan else _DECODER).decode(text)
     except MessageError as exc:
         raise MessageError(f"{what}: {exc}") from None
     except RecursionError:

@@ -126,5 +126,5 @@ def test_debug_logs_the_exact_exec_chain(plugins, settings_factory, route, amqp_
     assert chains, "no exec chain logged"
     chain = chains[-1]
     for part in ("runner-cgroup", "prlimit --core=0", "bwrap --unshare-ipc", "--unshare-net",
-                 "--seccomp", "setpriv --reuid=", "--no-new-privs", " -- env"):
+                 "--seccomp", "setpriv --reuid=", "--no-new-privs", "runner-job env"):
         assert part in chain, (part, chain)

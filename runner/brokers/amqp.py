@@ -399,7 +399,7 @@ class AmqpBroker(AmqpFleet, Broker):
         reason = f"malformed message: {exc}"[:1000]
         log.error("message %s dead-lettered: %s", getattr(props, "message_id", None) or "?", reason)
         try:
-            dead = _envelope(DEAD_QUEUE, props, body).with_headers(**{H_DEAD_REASON: reason})
+            dead = _envelope(method.routing_key, props, body).with_headers(**{H_DEAD_REASON: reason})
             self._publish_raw("", DEAD_QUEUE, replace(dead, reply_to=None), True)
         except CONNECTION_ERRORS:
             raise
