@@ -6,12 +6,14 @@ that way alone, an innocent job that shared a worker with a crasher is killed wi
 again and dead-lettered as "may crash workers".  The rule (docs/fleet.md, "Crash loops"):
 
 * a job delivered again after an unsettled delivery is a *suspect*;
-* a suspect runs only on a worker that runs nothing else, and while it runs that worker takes
-  no other job: each delivery that arrives meanwhile (or a suspect that finds the worker busy)
-  goes back through the broker's delay, after :data:`DEFER_DELAY` seconds, its count unchanged;
-* so every crash after the first is one that happened while the suspect ran alone: a job is
-  dead-lettered only after ``max_redeliveries`` such deliveries, and its neighbours of the first
-  crash, run alone in their turn, finish.
+* a suspect runs only on a worker that runs nothing else: a worker that receives one starts
+  nothing new, waits (up to :data:`WAIT_ALONE` seconds) for the jobs it is running to end, then
+  runs the suspect alone; each delivery that arrives meanwhile (another suspect too) goes back
+  through the broker's delay, after :data:`DEFER_DELAY` seconds, its count unchanged;
+* so every crash after the first is one that happened while the suspect ran alone (or waited
+  for the last jobs of a worker that took nothing new): a job is dead-lettered only after
+  ``max_redeliveries`` such deliveries, and its neighbours of the first crash, run alone in
+  their turn, finish.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from runner.errors import MessageError
 from runner.message import H_DELIVERIES
 
 DEFER_DELAY = 1.0  # seconds a deferred job waits in the broker before it is offered again
+WAIT_ALONE = 60.0  # seconds a suspect waits for its worker's running jobs before it is deferred
+RUN, WAIT, DEFER = "run", "wait", "defer"
 
 
 def deliveries(env: Envelope) -> int:
@@ -49,15 +53,14 @@ class Isolation:
     def __init__(self) -> None:
         self.alone: str | None = None  # the id of the suspect running alone
 
-    def admit(self, job_id: str, suspect: bool, running: int) -> bool:
-        """May the job start now, with ``running`` others running?  False: defer it."""
+    def admit(self, job_id: str, suspect: bool, running: int) -> str:
+        """:data:`RUN` the job now, :data:`WAIT` for the ``running`` others to end, or :data:`DEFER` it."""
         if self.alone is not None:
-            return False
+            return DEFER
         if suspect:
-            if running:
-                return False
             self.alone = job_id
-        return True
+            return WAIT if running else RUN
+        return RUN
 
     def release(self, job_id: str) -> None:
         if self.alone == job_id:

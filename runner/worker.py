@@ -218,6 +218,8 @@ class Worker:
         self.plugins.worker_stopping(self)
         self.broker.stop_consuming()
         with self._lock:
+            self._lock.notify_all()  # a suspect waiting to run alone gives up (Worker._admit)
+        with self._lock:
             if self._running:
                 log.info("waiting up to %gs for %d running jobs", grace, len(self._running))
             finished = self._lock.wait_for(lambda: not self._running, timeout=grace)
@@ -288,9 +290,7 @@ class Worker:
         cancel = threading.Event()
         watch = None
         with self._lock:
-            admitted = self.isolation.admit(
-                message.id, isolation.is_suspect(delivery), len(self._running)
-            )
+            admitted = self._admit(message.id, isolation.is_suspect(delivery))
             if admitted:
                 self._running[message.id] = cancel
                 self._active[message.id] = (job.name, time.time())
@@ -302,6 +302,20 @@ class Worker:
             self._settle(delivery, [Outgoing(env, Target.JOBS, isolation.DEFER_DELAY)], counted=False)
             return
         self._run(delivery, message, job, params, signed, cancel, watch)
+
+    def _admit(self, job_id: str, suspect: bool) -> bool:
+        """May the job start now (called with the lock held)?  A suspect waits to run alone."""
+        verdict = self.isolation.admit(job_id, suspect, len(self._running))
+        if verdict == isolation.WAIT:
+            log.info("job %s is suspected of crashing workers: waiting for %d running jobs to "
+                     "end, taking no others, to run it alone", job_id, len(self._running))
+            alone = self._lock.wait_for(
+                lambda: not self._running or self._stopping.is_set(), isolation.WAIT_ALONE
+            )
+            if alone and not self._stopping.is_set():
+                return True
+            self.isolation.release(job_id)
+        return verdict == isolation.RUN
 
     def _run(
         self, delivery: Delivery, message: JobMessage, job: JobType, params: dict[str, Any],
