@@ -36,3 +36,41 @@ def test_a_job_that_shared_a_worker_with_a_crasher_still_completes(client, worke
     result = innocent.wait(60)
     assert result.ok and result.attempts == 1
     w.stop()
+
+
+def test_a_suspect_starts_only_once_its_worker_runs_nothing_else(plugins, tmp_path, caplog):
+    import logging
+    from dataclasses import replace
+
+    from badmsg import body, envelope
+    from runner.client import Client
+    from runner.testing import running_worker, settings_for, unique_route
+
+    route = unique_route()
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    settings = settings_for(url, route, workdir=str(tmp_path / "work"), concurrency=2)
+    with caplog.at_level(logging.INFO, logger="runner.worker"), \
+            running_worker(settings, plugins), connect(url) as broker, \
+            Client(connect(url), plugins, replace(settings)) as client:
+        # Given a worker running a 1.5 s job
+        long = client.submit("sleeper", {"seconds": 1.5}, route=route, wait=True)
+        wait_until(lambda: any(f"job {long.id} sleeper attempt 1 started" in r.getMessage() for r in caplog.records),
+                   30, "the long job to start")
+        # When a suspect (delivered before, unsettled) arrives, then a fresh job
+        suspect = envelope(body("noop", {"n": 1}, route), route, headers={"x-runner-deliveries": 1})
+        broker.publish(suspect)
+        wait_until(lambda: any("waiting for 1 running jobs" in r.getMessage() for r in caplog.records), 30,
+                   "the suspect to wait")
+        fresh = client.submit("noop", {"n": 2}, route=route, wait=True)
+        assert long.wait(30).ok and fresh.wait(30).ok
+
+        def when(text: str) -> float:
+            return next(r.created for r in caplog.records if text in r.getMessage())
+
+        wait_until(lambda: f"job {suspect.message_id} noop attempt 1 succeeded" in caplog.text, 30,
+                   "the suspect to finish")
+    # Then the suspect started after the long job ended, and nothing ran beside it
+    started = when(f"job {suspect.message_id} noop attempt 1 started")
+    ended = when(f"job {suspect.message_id} noop attempt 1 succeeded")
+    assert started >= when(f"job {long.id} sleeper attempt 1 succeeded")
+    assert not started <= when(f"job {fresh.id} noop attempt 1 started") <= ended
