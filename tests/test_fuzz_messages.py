@@ -27,7 +27,7 @@ from runner.client import Client
 from runner.signing import Signer, generate
 from runner.testing import running_worker, settings_for
 
-EXAMPLES = int(os.environ.get("RUNNER_FUZZ_EXAMPLES", "0")) or 30
+EXAMPLES = int(os.environ.get("RUNNER_FUZZ_EXAMPLES", "0")) or 50
 EXPLORE = "RUNNER_FUZZ_EXAMPLES" in os.environ
 
 RAW_JSON = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "7" * 5000, "-9" * 30,
