@@ -142,6 +142,13 @@ def submit_all(url: str, route: str, jobs: int, port: int, pace: float, out: dic
     client.close()
 
 
+def _stamp(line: str) -> float:
+    """The time of a worker log line (``2026-12-08 02:12:31,835 INFO ...``), epoch seconds."""
+    day, clock = line.split()[:2]
+    return time.mktime(time.strptime(f"{day} {clock[:8]}", "%Y-%m-%d %H:%M:%S")) - time.timezone \
+        + int(clock[9:12]) / 1000
+
+
 def explain(job_id: str, runs: list[tuple[int, float]], logs: dict[int, list[str]],
             timeline: list[tuple[float, str]], resent: dict[str, int]) -> str:
     """Why a job ran to completion more than once, from what the workers logged."""
@@ -149,24 +156,42 @@ def explain(job_id: str, runs: list[tuple[int, float]], logs: dict[int, list[str
     lines = {pid: found for pid, found in lines.items() if found}
     if any("could not settle" in line for found in lines.values() for line in found):
         return "its outcome could not be acknowledged (the connection was lost in the broker restart): delivered again"
+    if job_id in resent:
+        return "the client sent it again after a publish failed (its confirm was lost in the broker restart)"
     killed = {int(m.group(1)): at for at, what in timeline if (m := re.match(r"SIGKILL worker pid (\d+)", what))}
+    restarts = [at for at, what in timeline if what == "broker stop_app"]
+    # Two copies at once: a copy re-published (to defer a suspect, or to count a redelivery)
+    # and the original, because the worker died (or lost its connection) between the publish
+    # and the acknowledgement of the original.
+    for pid, found in lines.items():
+        if pid in killed and found and "deferred" in found[-1] and killed[pid] - _stamp(found[-1]) < 2:
+            return ("two copies: its worker deferred it (published a delayed copy) and was "
+                    "SIGKILLed before acknowledging the original")
+    spans = [(_stamp(a), _stamp(b)) for found in lines.values()
+             for a, b in zip(found, found[1:]) if "started" in a and "succeeded in" in b]
+    seen = [_stamp(line) for found in lines.values() for line in found if "deferred" in line or "started" in line]
+    if sum(1 for found in lines.values() for line in found if "succeeded in" in line) > 1 or any(
+            start < at < end for start, end in spans for at in seen):
+        near = any(abs(at - r) < 30 for at in seen for r in restarts)
+        return ("two copies: a re-published copy (deferral or redelivery count) whose original was "
+                "not acknowledged" + (" before the connection dropped in the broker restart" if near else ""))
     for pid, found in lines.items():
         finished = any("succeeded in" in line or "dead after" in line for line in found)
         if pid in killed and not finished and any(at <= killed[pid] for _, at in runs):
             return "its worker was SIGKILLed after the run completed, before the outcome was acknowledged"
-    if job_id in resent:
-        return "the client sent it again after a publish failed (its confirm was lost in the broker restart)"
-    settled = [pid for pid, found in lines.items() if any("succeeded in" in line for line in found)]
-    if len(settled) > 1:
-        # Both runs were acknowledged: there were two copies.  A consumer re-publishes a copy
-        # (to count a redelivery, or to defer a suspect) before it acks the original; a
-        # connection lost in between leaves both in the queue.
-        return ("two copies were queued: a consumer's re-published copy (redelivery count or "
-                "deferral) whose original was not acked before the connection dropped")
-    restarts = [at for at, what in timeline if what == "broker stop_app"]
     if restarts and any(abs(at - r) < 30 for _, at in runs for r in restarts):
         return "completed around the broker restart; no worker logged a lost settlement (lost ack)"
     return "unexplained"
+
+
+def reexplain(result: dict[str, Any], logdir: Path) -> dict[str, str]:
+    """Explain the duplicates of a saved run again (``--reexplain``), from its logs."""
+    pids = [int(w.split()[-1]) for _, w in result["timeline"] if w.startswith("start worker pid")]
+    logs = {pid: (logdir / f"worker-{n}.log").read_text(errors="replace").splitlines()
+            for n, pid in enumerate(pids)}
+    timeline = [(at, what) for at, what in result["timeline"]]
+    return {j: explain(j, [(0, at) for at in result["runs"][j]], logs, timeline, {})
+            for j in result["duplicates"]}
 
 
 def report(out: dict[str, Any], completions: Completions, fleet: Fleet, dead: list[Any]) -> dict[str, Any]:
@@ -185,6 +210,7 @@ def report(out: dict[str, Any], completions: Completions, fleet: Fleet, dead: li
         "dead_reasons": Counter(dead_ids[j] for j in confirmed if j in dead_ids),
         "jobs_lost": lost, "jobs_run_twice": len(twice),
         "duplicate_reasons": Counter(reasons.values()), "duplicates": reasons,
+        "runs": {j: [round(at, 3) for _, at in r] for j, r in twice.items()},
         "resent_by_client": len(out["resent"]),
         "worker_kills": sum(1 for _, w in fleet.timeline if w.startswith("SIGKILL")),
         "timeline": [(round(at, 3), what) for at, what in fleet.timeline],
