@@ -275,7 +275,7 @@ def main() -> int:
     text = json.dumps(result, indent=2, default=str)
     if args.json:
         args.json.write_text(text + "\n")
-    summary = {k: v for k, v in result.items() if k not in ("timeline", "duplicates")}
+    summary = {k: v for k, v in result.items() if k not in ("timeline", "duplicates", "runs")}
     print(json.dumps(summary, indent=2, default=str))
     return 0 if not result["jobs_lost"] else 1
 
