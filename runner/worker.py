@@ -105,6 +105,7 @@ class Worker:
         self._active: dict[str, tuple[str, float]] = {}  # job id -> (job type, started at)
         self._revoked: dict[str, float] = {}  # job id -> revoked until (epoch seconds)
         self._settle_tried: set[int] = set()  # deliveries (by id()) whose settle was attempted
+        self._inflight = 0  # deliveries being handled now (waiting, running or settling)
         self.isolation = Isolation()  # suspects of crashing workers run alone (docs/fleet.md)
         self.handed_back = 0  # jobs cancelled at shutdown and put back in the queue
         self._control: ControlServer | None = None
@@ -138,8 +139,10 @@ class Worker:
                 self.broker.consume(self.queue, self.pool.size, self._on_delivery)
             finally:
                 self.pool.stop()
-                # Forced: stuck slot threads are left behind (the CLI then exits at once).
-                self._pool.shutdown(wait=not self.forced, cancel_futures=self.forced)
+                self._pool.shutdown(wait=False)
+                with self._lock:  # every delivery handled, unless a stuck one forced the stop
+                    while self._inflight and not self.forced:
+                        self._lock.wait(1.0)
                 log.info("worker %s stopped after %d jobs (%d handed back)", self.name,
                          self.processed - self.handed_back, self.handed_back)
         finally:
@@ -199,9 +202,10 @@ class Worker:
     def _force_after(self, seconds: float) -> None:
         """If the cancelled jobs have not let go within ``seconds``, stop regardless.
 
-        The last resort against a slot that will not end (a bug, a hung broker call): the
+        The last resort against a slot that will not end (a bug, a hung plugin hook): the
         worker stops consuming with those deliveries unsettled, and the broker delivers them
-        again.  ``forced`` tells the caller that slot threads may still be running.
+        again; :meth:`run` stops waiting for the slot threads.  ``forced`` tells the caller
+        that slot threads may still be running.
         """
         def force() -> None:
             if not self.stopped.wait(seconds):
@@ -209,7 +213,9 @@ class Worker:
                     stuck = sorted(self._running)
                 log.error("jobs did not stop within %gs (%s): leaving them to the broker",
                           seconds, ", ".join(stuck) or "deliveries still unsettled")
-                self.forced = True
+                with self._lock:
+                    self.forced = True
+                    self._lock.notify_all()  # run() stops waiting for the stuck slots
                 self.broker.abandon()
 
         threading.Thread(target=force, name="force-stop", daemon=True).start()
@@ -244,6 +250,8 @@ class Worker:
         slot wedged: an error not settled by then becomes the job's dead letter, with the reason.
         """
         key = id(delivery)
+        with self._lock:
+            self._inflight += 1
         try:
             self._handle(delivery)
         except BaseException as exc:  # noqa: BLE001 - one message's problem, never the worker's
@@ -259,6 +267,8 @@ class Worker:
         finally:
             with self._lock:
                 self._settle_tried.discard(key)
+                self._inflight -= 1
+                self._lock.notify_all()
 
     def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
