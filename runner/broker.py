@@ -183,6 +183,14 @@ class Broker(abc.ABC):
         deliveries it already handed out, and returns once all of them are settled.
         """
 
+    def abandon(self) -> None:
+        """Stop consuming now, even with deliveries unsettled; thread-safe.
+
+        The last resort of a worker whose jobs will not end: the broker takes the unsettled
+        deliveries back (a closed connection, an expired lease) and delivers them again.
+        """
+        self.stop_consuming()
+
     @abc.abstractmethod
     def settle(
         self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -109,6 +110,10 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
     w.run()
+    if w.forced:
+        # Slot threads that would not end must not hold the process open (exit joins them).
+        logging.shutdown()
+        os._exit(1)
 
 
 def _broker_options(settings: Any) -> dict[str, Any]:

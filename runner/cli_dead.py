@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -11,7 +12,9 @@ import click
 
 from runner.broker import Broker, Envelope, connect
 from runner.cli_jobs import App
-from runner.errors import RunnerError
+from runner import safejson
+from runner.errors import MessageError, RunnerError
+from runner.fields import MAX_EPOCH
 from runner.signing import Signer, signer_from_settings
 from runner.message import H_ATTEMPT, H_DEAD_ERROR, H_DEAD_REASON, H_PROTOCOL, PROTOCOL, JobMessage
 from runner.untrusted import printable
@@ -21,13 +24,15 @@ pass_app = click.make_pass_decorator(App)
 
 def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
     """A dead letter as a plain record (``full`` adds params, traceback, stderr tail)."""
+    # A dead letter is whatever someone published: every field is shown as plain JSON, never
+    # trusted to be of the right type (one bad letter must not hide all the others).
     record: dict[str, Any] = {
-        "id": env.message_id,
-        "job": env.type,
-        "routing_key": env.routing_key,
-        "reason": env.headers.get(H_DEAD_REASON, ""),
-        "error": env.headers.get(H_DEAD_ERROR, ""),
-        "attempts": env.headers.get(H_ATTEMPT),
+        "id": _plain(env.message_id),
+        "job": _plain(env.type),
+        "routing_key": _plain(env.routing_key),
+        "reason": _plain(env.headers.get(H_DEAD_REASON, "")),
+        "error": _plain(env.headers.get(H_DEAD_ERROR, "")),
+        "attempts": _plain(env.headers.get(H_ATTEMPT)),
         "submitted": _when(env.timestamp),
     }
     if full:
@@ -37,27 +42,32 @@ def describe(env: Envelope, full: bool = False) -> dict[str, Any]:
             record["params"] = None
             record["decode_error"] = str(exc)
         raw = env.headers.get("x-runner-result")
-        last = json.loads(raw) if isinstance(raw, str) else {}
-        record["traceback"] = last.get("traceback")
-        record["stderr"] = last.get("stderr")
-        record["exit_code"] = last.get("exit_code")
-        record["worker"] = last.get("worker")
+        try:
+            last = safejson.loads(raw, "x-runner-result") if isinstance(raw, str) else {}
+        except MessageError:
+            last = {}
+        last = last if isinstance(last, dict) else {}
+        for key in ("traceback", "stderr", "exit_code", "worker"):
+            record[key] = _plain(last.get(key))
     return record
 
 
-# Dead letters may come from foreign publishers: header values of any AMQP type (a datetime)
-# are printed as text (``default=str``) rather than failing the listing.
-
-
-def _when(stamp: int | None) -> str | None:
-    """An envelope timestamp as ISO 8601; ``None`` when absent or not a time (a dead letter
-    from a foreign publisher may carry milliseconds: it must still be listed)."""
-    if not stamp:
+def _when(stamp: Any) -> str | None:
+    """An AMQP timestamp as ISO 8601, or the raw value when no date can hold it."""
+    if stamp is None or stamp == 0:
         return None
-    try:
+    if isinstance(stamp, int) and not isinstance(stamp, bool) and 0 < stamp <= MAX_EPOCH:
         return datetime.fromtimestamp(stamp, timezone.utc).isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
+    return f"invalid timestamp {str(stamp)[:40]}"
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON can show it: scalars as they are, anything else as a short string."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return str(value)[:200]
 
 
 def resubmit(broker: Broker, job_id: str, signer: Signer | None = None) -> Envelope:

@@ -26,6 +26,7 @@ from runner.broker import Broker, Envelope, ReplyInbox, connect
 from runner.config import Settings, load
 from runner.errors import JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
+from runner import fields
 from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
 from runner.shared import fetch, remove, store_input
@@ -219,7 +220,10 @@ class Client:
             expires=expires_at, group=group,
         )
         try:
+            # The checks a worker makes, made here first: a NaN timeout is an error at submit.
             check_url(webhook, "webhook")
+            fields.number(timeout, "timeout", positive=True, high=fields.MAX_TIMEOUT)
+            fields.check_id(job_id, "job id")
         except MessageError as exc:
             raise JobError(str(exc)) from exc
         message = JobMessage(job=job, params=payload, files=data, options=options, id=job_id)

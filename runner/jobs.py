@@ -7,6 +7,7 @@ of them are input files, and its timeout, retry policy, default route and sandbo
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -213,15 +214,43 @@ class JobType:
                 # click >= 8.2 returns a sentinel, not None, for "no default".
                 out[name] = None if type(default).__name__ == "Sentinel" else _plain(default)
                 continue
+            _check_shape(self.name, name, param, params[name])
             try:
                 value = param.type_cast_value(ctx, params[name])
             except click.BadParameter as exc:
                 raise JobError(f"job {self.name!r}: parameter {name!r}: {exc.message}") from exc
+            except Exception as exc:  # a type's own converter choking on a value it never expected
+                raise JobError(f"job {self.name!r}: parameter {name!r}: {exc}") from exc
             out[name] = _plain(value)
         extra_files = sorted(set(files) - set(self.inputs))
         if extra_files:
             raise JobError(f"job {self.name!r} takes no input file {extra_files[0]!r}")
         return out
+
+
+_SCALARS = (str, int, float, bool, os.PathLike)  # a path only from the Python API
+
+
+def _check_shape(job: str, name: str, param: click.Parameter, value: Any) -> None:
+    """A scalar parameter takes a scalar; ``multiple`` or ``nargs`` ones a list of them.
+
+    click's own types convert whatever they are given (``str({"x": 1})`` is a fine string to
+    them), so the shape is checked first: a list or an object where one value belongs is a bad
+    message.
+    """
+    if type(param.type).__module__ != "click.types":
+        return  # a type of a plugin's own may take lists or objects; it checks them itself
+    many = bool(getattr(param, "multiple", False))
+    wide = param.nargs != 1
+    expected = {0: "a plain value (not a list or object)", 1: "a list of plain values",
+                2: "a list of lists of plain values"}[int(many) + int(wide)]
+    items: list[Any] = [value]
+    for _level in range(int(many) + int(wide)):
+        if not all(isinstance(item, (list, tuple)) for item in items):
+            raise JobError(f"job {job!r}: parameter {name!r}: expected {expected}")
+        items = [inner for item in items for inner in item]
+    if not all(isinstance(item, _SCALARS) for item in items):
+        raise JobError(f"job {job!r}: parameter {name!r}: expected {expected}")
 
 
 def _plain(value: Any) -> Any:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runner import headers as bounded
+from runner import fields, safejson
 from runner.broker import Envelope
 from runner.errors import MessageError
+from runner.fields import MAX_HISTORY, MAX_NAME, check_file_name, check_url  # noqa: F401 - API
 
 PROTOCOL = 1
 H_PROTOCOL = "x-runner-protocol"
@@ -29,9 +31,7 @@ H_DELIVERIES = "x-runner-deliveries"
 H_DEAD_REASON = "x-runner-dead-reason"
 H_DEAD_ERROR = "x-runner-error"
 H_HISTORY = "x-runner-history"  # JSON list of earlier attempts of this job
-MAX_HISTORY = 20
 MAX_BODY = 64 * 1024 * 1024
-MAX_NAME = 200
 MAX_PRIORITY = 9
 MAX_PARAMS = 256  # parameters of one job
 MAX_FILES = 64  # input files of one job
@@ -99,21 +99,6 @@ class FileData:
         if "sha256" in obj and hashlib.sha256(data).hexdigest() != obj["sha256"]:
             raise MessageError(f"{where}: sha256 does not match the data")
         return cls(name=name, data=data)
-
-
-def check_file_name(name: Any, where: str) -> str:
-    """Refuse names that are not a plain single path component."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name) > 255
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-    ):
-        raise MessageError(f"{where}: file name {name!r} is not a plain file name")
-    return name
 
 
 @dataclass(frozen=True)
@@ -193,10 +178,12 @@ class JobMessage:
     def from_envelope(cls, env: Envelope) -> JobMessage:
         """Decode and validate; any problem raises :class:`MessageError` with the reason."""
         obj = _load(env, "job")
-        if obj.get("protocol") != PROTOCOL:
-            raise MessageError(f"unsupported protocol version {obj.get('protocol')!r}")
-        job = _name(obj.get("job"), "job")
-        route = _name(obj.get("route"), "route")
+        protocol = obj.get("protocol")
+        if protocol != PROTOCOL or type(protocol) is not int:
+            raise MessageError(f"unsupported protocol version {repr(protocol)[:20]}")
+        _check_headers(env.headers)
+        job = fields.name(obj.get("job"), "job")
+        route = fields.name(obj.get("route"), "route")
         if "." in route or "*" in route or "#" in route:
             raise MessageError(f"route {route!r} must be one word")
         params = obj.get("params")
@@ -209,27 +196,28 @@ class JobMessage:
             raise MessageError("files: expected an object")
         if len(files_obj) > MAX_FILES:
             raise MessageError(f"files: more than {MAX_FILES} input files")
-        for key, value in env.headers.items():
-            if isinstance(value, (str, bytes)) and len(value) > MAX_HEADER:
-                raise MessageError(f"header {str(key)[:100]!r} is longer than {MAX_HEADER}")
         files = {k: FileData.from_json(v, f"files.{k}") for k, v in files_obj.items()}
         opts = obj.get("options", {})
         if not isinstance(opts, dict):
             raise MessageError("options: expected an object")
         options = JobOptions(
-            timeout=_number(opts.get("timeout"), "options.timeout", positive=True),
-            retries=_int(opts.get("retries"), "options.retries", 0, 1000),
-            priority=_int(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
+            timeout=fields.number(
+                opts.get("timeout"), "options.timeout", positive=True, high=fields.MAX_TIMEOUT
+            ),
+            retries=fields.integer(opts.get("retries"), "options.retries", 0, 1000),
+            priority=fields.integer(opts.get("priority", 0), "options.priority", 0, MAX_PRIORITY) or 0,
             webhook=check_url(opts.get("webhook"), "options.webhook"),
-            expires=_number(opts.get("expires"), "options.expires", positive=True),
-            group=_group(opts.get("group")),
+            expires=fields.number(
+                opts.get("expires"), "options.expires", positive=True, high=fields.MAX_EPOCH
+            ),
+            group=fields.group(opts.get("group")),
         )
-        attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
-        msg_id = obj.get("id")
-        if not isinstance(msg_id, str) or not msg_id or len(msg_id) > MAX_NAME:
-            raise MessageError("id: expected a non-empty string")
-        created = _number(obj.get("created_at"), "created_at") or 0.0
-        history = _history(env.headers.get(H_HISTORY))
+        attempt = fields.integer(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
+        msg_id = fields.check_id(obj.get("id"))
+        created = fields.number(obj.get("created_at"), "created_at", high=fields.MAX_EPOCH) or 0.0
+        if created < 0:
+            raise MessageError("created_at: must not be before 1970")
+        history = fields.history(env.headers.get(H_HISTORY))
         return cls(
             job=job,
             params=params,
@@ -355,37 +343,15 @@ def progress_envelope(job_id: str, address: str, record: Mapping[str, Any]) -> E
     )
 
 
-def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:
-    if raw is None:
-        return ()
-    try:
-        items = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as exc:
-        raise MessageError("history header is not JSON") from exc
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise MessageError("history header: expected a list of objects")
-    return tuple(items[-MAX_HISTORY:])
-
-
-def _group(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise MessageError("options.group: expected a short string")
-    return value
-
-
-def check_url(value: Any, where: str) -> str | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, str)
-        or len(value) > 2000
-        or not value.startswith(("http://", "https://"))
-        or any(c.isspace() for c in value)
-    ):
-        raise MessageError(f"{where}: expected an http(s) URL")
-    return value
+def _check_headers(headers: Mapping[str, Any]) -> None:
+    """Every header is bounded, whatever its name: the broker hands over any AMQP table."""
+    if not isinstance(headers, Mapping):
+        raise MessageError("headers: expected a table")
+    for key, value in headers.items():
+        if not isinstance(key, str) or len(key) > 255:
+            raise MessageError(f"header name {str(key)[:100]!r} is not a short string")
+        if isinstance(value, (str, bytes)) and len(value) > MAX_HEADER:
+            raise MessageError(f"header {key[:100]!r} is longer than {MAX_HEADER}")
 
 
 def _dump(obj: Any) -> bytes:
@@ -397,34 +363,13 @@ def _load(env: Envelope, what: str) -> dict[str, Any]:
         raise MessageError(f"content type {env.content_type!r} is not application/json")
     if len(env.body) > MAX_BODY:
         raise MessageError(f"{what} message is larger than {MAX_BODY} bytes")
-    try:
-        obj = json.loads(env.body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"{what} message is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(env.body, (bytes, bytearray)):
+        raise MessageError(f"{what} message body is not bytes")
+    if what == "job":
+        obj = safejson.loads(env.body, "job message")
+    else:  # what a worker reports back: any JSON value a job returned, within looser bounds
+        obj = safejson.loads(env.body, f"{what} message", max_depth=200, max_nodes=10**7,
+                             allow_nan=True)
     if not isinstance(obj, dict):
         raise MessageError(f"{what} message is not a JSON object")
     return obj
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise MessageError(f"{where}: expected a non-empty name")
-    return value
-
-
-def _number(value: Any, where: str, positive: bool = False) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MessageError(f"{where}: expected a number")
-    if positive and value <= 0:
-        raise MessageError(f"{where}: must be positive")
-    return float(value)
-
-
-def _int(value: Any, where: str, low: int, high: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise MessageError(f"{where}: expected an integer from {low} to {high}")
-    return value

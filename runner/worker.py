@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import headers as bounded
-from runner import workdir
+from runner import isolation, workdir
 from runner.headers import dead_envelope
 from runner.sandbox import reaper
 from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
@@ -49,7 +49,6 @@ from runner.sandbox.chain import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
-    H_DELIVERIES,
     MAX_HISTORY,
     JobMessage,
     JobResult,
@@ -58,6 +57,7 @@ from runner.message import (
     retry_envelope,
 )
 from runner.handover import H_GUARD, Guardian
+from runner.isolation import Isolation
 from runner.plugins import Plugins
 from runner.pool import Pool
 from runner.sandbox.probe import probe
@@ -68,6 +68,7 @@ from runner.timing import iso
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005  # seconds
+FORCE_AFTER = 15.0  # seconds cancelled jobs get to let go before the worker stops regardless
 
 
 class Worker:
@@ -95,6 +96,7 @@ class Worker:
         self.ready = threading.Event()  # set once the worker is consuming
         self.stopped = threading.Event()  # set once run() has returned or failed
         self.processed = 0
+        self.forced = False  # stopped with slots that would not end (see _force_after)
         self.jail: Jail | None = None
         self._workroot_lock: int | None = None
         self.warm: WarmSlots | None = None
@@ -106,6 +108,10 @@ class Worker:
         self.started_at = time.time()
         self._active: dict[str, tuple[str, float]] = {}  # job id -> (job type, started at)
         self._revoked: dict[str, float] = {}  # job id -> revoked until (epoch seconds)
+        self._settle_tried: set[int] = set()  # deliveries (by id()) whose settle was attempted
+        self._inflight = 0  # deliveries being handled now (waiting, running or settling)
+        self.isolation = Isolation()  # suspects of crashing workers run alone (docs/fleet.md)
+        self.handed_back = 0  # jobs cancelled at shutdown and put back in the queue
         self._control: ControlServer | None = None
         self.limiter = RateLimiter()
         # Long jobs (docs/fleet.md): only where the broker takes back deliveries held too long.
@@ -140,8 +146,12 @@ class Worker:
                 self.broker.consume(self.queue, self.pool.size, self._on_delivery)
             finally:
                 self.pool.stop()
-                self._pool.shutdown(wait=True)
-                log.info("worker %s stopped after %d jobs", self.name, self.processed)
+                self._pool.shutdown(wait=False)
+                with self._lock:  # every delivery handled, unless a stuck one forced the stop
+                    while self._inflight and not self.forced:
+                        self._lock.wait(1.0)
+                log.info("worker %s stopped after %d jobs (%d handed back)", self.name,
+                         self.processed - self.handed_back, self.handed_back)
         finally:
             self.guardian.stop()
             if self._control is not None:
@@ -216,14 +226,38 @@ class Worker:
         """
         if self._stopping.is_set():
             self._cancel_all()  # a second request: do not wait any longer
+            self._force_after(FORCE_AFTER)
             return
         self._stopping.set()
         grace = self.settings.grace if grace is None else grace
         threading.Thread(target=self._drain, args=(grace,), name="drain", daemon=True).start()
 
+    def _force_after(self, seconds: float) -> None:
+        """If the cancelled jobs have not let go within ``seconds``, stop regardless.
+
+        The last resort against a slot that will not end (a bug, a hung plugin hook): the
+        worker stops consuming with those deliveries unsettled, and the broker delivers them
+        again; :meth:`run` stops waiting for the slot threads.  ``forced`` tells the caller
+        that slot threads may still be running.
+        """
+        def force() -> None:
+            if not self.stopped.wait(seconds):
+                with self._lock:
+                    stuck = sorted(self._running)
+                log.error("jobs did not stop within %gs (%s): leaving them to the broker",
+                          seconds, ", ".join(stuck) or "deliveries still unsettled")
+                with self._lock:
+                    self.forced = True
+                    self._lock.notify_all()  # run() stops waiting for the stuck slots
+                self.broker.abandon()
+
+        threading.Thread(target=force, name="force-stop", daemon=True).start()
+
     def _drain(self, grace: float) -> None:
         self.plugins.worker_stopping(self)
         self.broker.stop_consuming()
+        with self._lock:
+            self._lock.notify_all()  # a suspect waiting to run alone gives up (Worker._admit)
         with self._lock:
             if self._running:
                 log.info("waiting up to %gs for %d running jobs", grace, len(self._running))
@@ -231,6 +265,7 @@ class Worker:
         if not finished:
             log.warning("grace period over: stopping running jobs, they go back to the queue")
             self._cancel_all()
+        self._force_after(FORCE_AFTER)
 
     def _cancel_all(self) -> None:
         with self._lock:
@@ -239,36 +274,47 @@ class Worker:
 
     # --- one delivery ---------------------------------------------------------------------------
     def _on_delivery(self, delivery: Delivery) -> None:
-        self._pool.submit(self._handle, delivery)
+        self._pool.submit(self._handle_guarded, delivery)
+
+    def _handle_guarded(self, delivery: Delivery) -> None:
+        """Handle one delivery; whatever goes wrong stays with it and never ends the worker.
+
+        The pool would swallow an exception silently and leave the delivery unsettled, its
+        slot wedged: an error not settled by then becomes the job's dead letter, with the reason.
+        """
+        key = id(delivery)
+        with self._lock:
+            self._inflight += 1
+        try:
+            self._handle(delivery)
+        except BaseException as exc:  # noqa: BLE001 - one message's problem, never the worker's
+            job_id = delivery.envelope.message_id or "?"
+            log.exception("job %s: handling it failed", job_id)
+            with self._lock:
+                tried = key in self._settle_tried
+            if not tried:
+                try:
+                    self._reject_unrunnable(delivery, f"worker error: {type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001 - unsettled: the broker delivers it again
+                    log.exception("job %s: could not dead-letter it either", job_id)
+        finally:
+            with self._lock:
+                self._settle_tried.discard(key)
+                self._inflight -= 1
+                self._lock.notify_all()
 
     def _handle(self, delivery: Delivery) -> None:
         env = delivery.envelope
-        signed: Signed | None = None
         guard = env.headers.get(H_GUARD)
         if isinstance(guard, str) and self.is_revoked(guard):
             # Before verification: the job finished (its outcome is out) or the guard was renewed.
             log.info("guard copy %s is void (its job finished or renewed its guard): dropped", guard)
             self._settle(delivery, [])
             return
-        deliveries = env.headers.get(H_DELIVERIES, 0)
-        if isinstance(deliveries, int) and deliveries > self.settings.max_redeliveries:
-            self._reject_unrunnable(
-                delivery,
-                f"delivered {deliveries + 1} times without finishing; it may crash workers",
-            )
+        decoded = self._decode(delivery)
+        if decoded is None:
             return
-        try:
-            if self.verifier is not None:  # before anything reads the body
-                signed = self.verifier.verify(env, _attempt_of(env))
-            message = JobMessage.from_envelope(env)
-            job = self._jobs.get(message.job) or self.plugins.jobs.get(message.job)
-            params = job.validate(message.params, message.files)
-            allowed = policy_for(job.retry, message.options.retries).attempts
-            if message.attempt > allowed:
-                raise MessageError(f"attempt {message.attempt} is past the job's {allowed} attempts")
-        except (MessageError, JobError) as exc:
-            self._reject_unrunnable(delivery, str(exc))
-            return
+        message, job, params, signed = decoded
         expires = message.options.expires
         if expires is not None and time.time() > expires:
             # Dead-lettered (not silently acked): job_dead tells monitors, `runner dead` shows it.
@@ -287,9 +333,39 @@ class Worker:
         cancel = threading.Event()
         watch = None
         with self._lock:
-            self._running[message.id] = cancel
-            self._active[message.id] = (job.name, time.time())
-            watch = self.guardian.watch(delivery, message.id)
+            admitted = self._admit(message.id, isolation.is_suspect(delivery))
+            if admitted:
+                self._running[message.id] = cancel
+                self._active[message.id] = (job.name, time.time())
+                watch = self.guardian.watch(delivery, message.id)
+        if not admitted:
+            # A suspect runs alone (runner.isolation): back through the broker, count unchanged.
+            log.info("job %s %s deferred: a job suspected of crashing workers runs alone",
+                     message.id, job.name)
+            self._settle(delivery, [Outgoing(env, Target.JOBS, isolation.DEFER_DELAY)], counted=False)
+            return
+        self._run(delivery, message, job, params, signed, cancel, watch)
+
+    def _admit(self, job_id: str, suspect: bool) -> bool:
+        """May the job start now (called with the lock held)?  A suspect waits to run alone."""
+        verdict = self.isolation.admit(job_id, suspect, len(self._running))
+        if verdict == isolation.WAIT:
+            log.info("job %s is suspected of crashing workers: waiting for %d running jobs to "
+                     "end, taking no others, to run it alone", job_id, len(self._running))
+            alone = self._lock.wait_for(
+                lambda: not self._running or self._stopping.is_set(), isolation.WAIT_ALONE
+            )
+            if alone and not self._stopping.is_set():
+                return True
+            self.isolation.release(job_id)
+        return verdict == isolation.RUN
+
+    def _run(
+        self, delivery: Delivery, message: JobMessage, job: JobType, params: dict[str, Any],
+        signed: Signed | None, cancel: threading.Event, watch: Any,
+    ) -> None:
+        """Run an admitted job in a slot, publish its outcome and settle its delivery."""
+        env = delivery.envelope
         slot = self._slots.get()
         try:
             log.info("job %s %s attempt %d started", message.id, job.name, message.attempt)
@@ -330,11 +406,37 @@ class Worker:
         finally:
             self._slots.put(slot)
             with self._lock:
+                self.isolation.release(message.id)
                 self._running.pop(message.id, None)
                 self._active.pop(message.id, None)
                 if watch is not None:
                     self.guardian.forget(delivery, watch, message.id)
                 self._lock.notify_all()
+
+    def _decode(
+        self, delivery: Delivery
+    ) -> tuple[JobMessage, JobType, dict[str, Any], Signed | None] | None:
+        """Verify, decode and validate; a message that fails is dead-lettered (``None``)."""
+        env = delivery.envelope
+        signed: Signed | None = None
+        try:
+            deliveries = isolation.deliveries(env)
+            if deliveries > self.settings.max_redeliveries:
+                raise MessageError(
+                    f"delivered {deliveries + 1} times without finishing; it may crash workers"
+                )
+            if self.verifier is not None:  # before anything reads the body
+                signed = self.verifier.verify(env, _attempt_of(env))
+            message = JobMessage.from_envelope(env)
+            job = self._jobs.get(message.job) or self.plugins.jobs.get(message.job)
+            params = job.validate(message.params, message.files)
+            allowed = policy_for(job.retry, message.options.retries).attempts
+            if message.attempt > allowed:
+                raise MessageError(f"attempt {message.attempt} is past the job's {allowed} attempts")
+        except (MessageError, JobError) as exc:
+            self._reject_unrunnable(delivery, str(exc))
+            return None
+        return message, job, params, signed
 
     def _progress_reporter(
         self, job: JobType, message: JobMessage, env: Envelope
@@ -352,7 +454,11 @@ class Worker:
         """Publish the outcome and settle; True when this attempt is done for good here."""
         reply_to = delivery.envelope.reply_to
         if attempt.verdict is Verdict.CANCELLED:
-            self._settle(delivery, (), requeue=True)
+            if self._settle(delivery, (), requeue=True):
+                with self._lock:
+                    self.handed_back += 1
+                log.info("job %s %s attempt %d stopped and handed back to the queue",
+                         message.id, job.name, message.attempt)
             return False
         entry = {
             "attempt": message.attempt,
@@ -368,6 +474,8 @@ class Worker:
         if attempt.verdict is Verdict.SUCCEEDED:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
             if self._settle(delivery, out):
+                log.info("job %s %s attempt %d succeeded in %.2fs",
+                         message.id, job.name, message.attempt, result.duration)
                 self.plugins.job_succeeded(job, message, result, self)
                 return True
             return False
@@ -470,9 +578,13 @@ class Worker:
             job = self._jobs.get(message.job) if message is not None else None
             self.plugins.job_dead(job, message, reason, None, self)
 
-    def _settle(self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False) -> bool:
+    def _settle(
+        self, delivery: Delivery, out: list[Outgoing] | tuple[()], requeue: bool = False,
+        counted: bool = True,
+    ) -> bool:
         with self._lock:
             watch = self.guardian.watches.get(id(delivery))
+            self._settle_tried.add(id(delivery))
         handed_over = watch is not None and watch.guard is not None
         # A handed-over job survives reconnects: its outcome may wait for the connection to
         # come back (while its guard is parked, up to a handover period).
@@ -495,7 +607,7 @@ class Worker:
                 )
                 return False
         with self._lock:
-            self.processed += 1
+            self.processed += counted
             if watch is not None:
                 watch.settled = True
         return True

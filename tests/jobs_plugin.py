@@ -112,3 +112,19 @@ def register_progress(register):
         argv=lambda p, ctx: ["sh", "-c", "for i in 1 2 3 4; do echo \"runner-progress: $((i*25))% part $i\"; sleep 0.3; done"],
         retry=FAST,
     ))
+
+
+@hookimpl(specname="register_jobs")
+def register_napper(register):
+    # `sleep <seconds>` with the seconds as text: a unique value marks the process in /proc.
+    register(JobType(name="napper", help="Sleep, as a plain process.",
+                     argv=lambda p, ctx: ["sleep", p["seconds"]],
+                     params=[click.Option(["--seconds"], required=True)], timeout=120,
+                     retry=RetryPolicy(attempts=1)))
+
+
+@hookimpl(specname="job_started")
+def hang_in_a_hook(message):
+    # A plugin hook that never returns (tests/test_worker_log.py): its slot can never end.
+    if message.params.get("seconds") == "hang-in-hook":
+        time.sleep(3600)

@@ -169,3 +169,46 @@ def test_an_unknown_job_is_one_line_and_exit_code_3(tmp_path):
         capture_output=True, text=True,
     )
     assert missing.returncode == 3 and "no monitor history at" in missing.stderr
+
+
+def test_each_completed_run_is_recorded_and_repeats_are_marked(tmp_path):
+    # Given a job whose attempt 1 ran to success twice (its first ack was lost in a broker restart)
+    history = History(tmp_path / "h.sqlite3")
+    t0 = time.time() - 60
+    history.record([
+        job_event("job.received", "j1", t0),
+        {**job_event("job.started", "j1", t0 + 0.1), "worker": "box1"},
+        {**job_event("job.succeeded", "j1", t0 + 1, duration=0.9), "worker": "box1"},
+        {**job_event("job.started", "j1", t0 + 5), "worker": "box2"},
+        {**job_event("job.succeeded", "j1", t0 + 6, duration=1.0), "worker": "box2"},
+        job_event("job.received", "j2", t0),
+        job_event("job.succeeded", "j2", t0 + 1, duration=0.5),
+    ])
+    # Then the job shows both runs, the second marked as a repeat; a job run once is not marked
+    job = history.job("j1")
+    assert job["runs"] == 2 and job["repeats"] == 1
+    assert [(a["worker"], a["outcome"], a["repeat"]) for a in job["attempts"]] == [
+        ("box1", "succeeded", False), ("box2", "succeeded", True)]
+    listed = {j["id"]: (j["runs"], j["repeats"]) for j in history.jobs()["jobs"]}
+    assert listed == {"j1": (2, 1), "j2": (1, 0)}
+    counts = {(r["job"], r["state"]): r["n"] for r in history.counters()["jobs"]}
+    assert counts[("resize", "repeated")] == 1 and counts[("resize", "succeeded")] == 3
+
+
+def test_a_history_of_the_previous_schema_is_migrated(tmp_path):
+    import sqlite3
+    path = tmp_path / "h.sqlite3"
+    History(path).close()
+    db = sqlite3.connect(path)  # make it look like a version 1 file: no run counts
+    db.executescript("DROP TABLE jobs; CREATE TABLE jobs (id TEXT PRIMARY KEY, job TEXT, route TEXT,"
+                     " queue TEXT, state TEXT NOT NULL, attempt INTEGER, attempts_allowed INTEGER,"
+                     " worker TEXT, submitted_at REAL, first_seen REAL NOT NULL, updated REAL NOT NULL,"
+                     " started_at REAL, finished_at REAL, duration REAL, params TEXT, files TEXT,"
+                     " options TEXT, error TEXT, traceback TEXT, stdout TEXT, stderr TEXT,"
+                     " exit_code INTEGER, outputs TEXT, value TEXT, history TEXT, dead_reason TEXT,"
+                     " retry_delay REAL); PRAGMA user_version=1;")
+    db.close()
+    history = History(path)
+    history.record([job_event("job.received", "j1", time.time()),
+                    job_event("job.succeeded", "j1", time.time(), duration=0.1)])
+    assert history.job("j1")["runs"] == 1

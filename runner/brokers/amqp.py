@@ -54,6 +54,7 @@ from runner.broker import (
 from runner.brokers.amqp_batch import ConfirmBatch
 from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
     CONNECTION_ERRORS,
+    H_DEAD_REASON,
     H_DELIVERIES,
     H_NOT_BEFORE,
     H_ROUTING_KEY,
@@ -63,11 +64,12 @@ from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
     REPLY_TO,
     StaleDelivery,
     delay_bucket_ms,
+    delivery_count,
     Tag as _Tag,
     envelope_from as _envelope,
 )
 from runner.brokers.amqp_fleet import AmqpFleet
-from runner.errors import BrokerError, UnroutableError
+from runner.errors import BrokerError, MessageError, UnroutableError
 from runner.retry import retrying_call
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ class AmqpBroker(AmqpFleet, Broker):
         self._declared: dict[str, tuple[str, ...]] = {}
         self._delay_declared: dict[str, float] = {}
         self._stopping = threading.Event()
+        self._abandoned = threading.Event()  # stop even with deliveries unsettled
         self._unsettled = 0
         # Deliveries handed over (acknowledged, a guard copy parked) whose jobs still run: they
         # outlive reconnects, keep a slot busy (prefetch is lowered by their number) and keep
@@ -115,6 +118,7 @@ class AmqpBroker(AmqpFleet, Broker):
         self._prefetch = 0
         self._restart_consumer: Callable[[], None] | None = None
         self._replies: dict[str, Envelope] = {}
+        self._reply_generation: dict[str, int] = {}  # job id -> connection its reply comes on
         self._consuming = False
         self._consumer: tuple[BlockingChannel, str] | None = None
         self._inboxes: list[_AmqpInbox] = []
@@ -278,6 +282,11 @@ class AmqpBroker(AmqpFleet, Broker):
             if envelope.reply_to == REPLY_TO:
                 for inbox in self._inboxes:
                     inbox.subscribe()
+                # Direct reply-to is bound to this connection: a reply to a job sent on an
+                # earlier one can never arrive (the inbox says so instead of waiting for ever).
+                self._reply_generation[envelope.correlation_id or envelope.message_id] = self._generation
+                if len(self._reply_generation) > 100_000:  # jobs sent with wait=True, never waited for
+                    del self._reply_generation[next(iter(self._reply_generation))]
             self._publish_raw(JOBS_EXCHANGE, envelope.routing_key, envelope, True, **extra)
 
         self._translate(send, retry=True)
@@ -333,6 +342,7 @@ class AmqpBroker(AmqpFleet, Broker):
             self._consume_until_stopped(queue, prefetch, on_delivery)
         finally:
             self._stopping.clear()
+            self._abandoned.clear()
 
     def _consume_until_stopped(
         self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
@@ -344,7 +354,7 @@ class AmqpBroker(AmqpFleet, Broker):
                 self._consume_once(queue, prefetch, on_delivery)
                 return
             except CONNECTION_ERRORS + (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
-                if self._stopping.is_set() and not self._detached:
+                if self._stopping.is_set() and (not self._detached or self._abandoned.is_set()):
                     log.info("connection lost while stopping (%s); unsettled jobs requeue", exc)
                     return
                 log.warning("lost the connection to RabbitMQ (%s); reconnecting", exc)
@@ -363,13 +373,25 @@ class AmqpBroker(AmqpFleet, Broker):
         def on_message(
             _ch: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
         ) -> None:
-            env = _envelope(method.routing_key, props, body)
-            if self._divert(queue, method, env):
+            try:
+                env = _envelope(method.routing_key, props, body)
+                count = delivery_count(env)  # before anything acts on the message
+                if self._divert(queue, method, env, count):
+                    return
+            except CONNECTION_ERRORS:
+                raise  # the consume loop reconnects; the message is delivered again
+            except BrokerError as exc:  # parking or counting it was refused: try again later
+                log.warning("could not divert message %s (%s); it is delivered again",
+                            props.message_id, exc)
+                _ch.basic_nack(method.delivery_tag, requeue=True)
+                return
+            except Exception as exc:  # noqa: BLE001 - one message must not end the worker
+                self._refuse(method, props, body, exc)
                 return
             self._unsettled += 1
             tag = _Tag(method.delivery_tag, generation)
             # A copy re-published after a lost delivery counts as redelivered too.
-            redelivered = bool(method.redelivered) or int(env.headers.get(H_DELIVERIES, 0)) > 0
+            redelivered = bool(method.redelivered) or count > 0
             on_delivery(Delivery(env, redelivered, queue, tag))
 
         def start() -> None:
@@ -389,7 +411,7 @@ class AmqpBroker(AmqpFleet, Broker):
                 raise pe.ChannelWrongStateError("the channel was closed by RabbitMQ")
             if self._stopping.is_set():
                 self._cancel_consumer()
-                if self._unsettled <= 0 and not self._detached:
+                if self._unsettled <= 0 and not self._detached or self._abandoned.is_set():
                     return
 
     def _cancel_consumer(self) -> None:
@@ -398,7 +420,28 @@ class AmqpBroker(AmqpFleet, Broker):
         if consumer is not None and consumer[0].is_open:
             consumer[0].basic_cancel(consumer[1])
 
-    def _divert(self, queue: str, method: Any, env: Envelope) -> bool:
+    def _refuse(self, method: Any, props: pika.BasicProperties, body: bytes, exc: Exception) -> None:
+        """Dead-letter a message the transport itself cannot handle, with the reason.
+
+        Runs in the connection thread.  If even that fails, RabbitMQ dead-letters it (the
+        queue's dead-letter exchange) without a reason.
+        """
+        ch = self._ch
+        assert ch is not None
+        reason = f"malformed message: {exc}"[:1000]
+        log.error("message %s dead-lettered: %s", getattr(props, "message_id", None) or "?", reason)
+        try:
+            dead = _envelope(method.routing_key, props, body).with_headers(**{H_DEAD_REASON: reason})
+            self._publish_raw("", DEAD_QUEUE, replace(dead, reply_to=None), True)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - the queue's own dead-lettering is the fallback
+            log.exception("could not publish the dead letter; rejecting the message instead")
+            ch.basic_reject(method.delivery_tag, requeue=False)
+            return
+        ch.basic_ack(method.delivery_tag)
+
+    def _divert(self, queue: str, method: Any, env: Envelope, count: int) -> bool:
         """Park a not-yet-due message in a delay queue, or dead-letter a crash loop.
 
         Runs in the connection thread; returns True when the message is dealt with here.
@@ -406,7 +449,9 @@ class AmqpBroker(AmqpFleet, Broker):
         ch = self._ch
         assert ch is not None
         not_before = env.headers.get(H_NOT_BEFORE)
-        if isinstance(not_before, int):
+        if not_before is not None and (not isinstance(not_before, int) or isinstance(not_before, bool)):
+            raise MessageError(f"header {H_NOT_BEFORE}: expected epoch milliseconds")
+        if not_before is not None:
             remaining = not_before / 1000 - time.time()
             if remaining > 0.05:
                 name = self._delay_queue(queue, remaining, floor=True)
@@ -415,10 +460,10 @@ class AmqpBroker(AmqpFleet, Broker):
                 ch.basic_ack(method.delivery_tag)
                 return True
         if method.redelivered:
-            count = int(env.headers.get(H_DELIVERIES, 0)) + 1
+            count += 1
             if self._max_redeliveries is not None and count > self._max_redeliveries:
                 reason = f"delivered {count} times without finishing; it may crash workers"
-                dead = env.with_headers(**{"x-runner-dead-reason": reason})
+                dead = env.with_headers(**{H_DEAD_REASON: reason})
                 self._publish_raw("", DEAD_QUEUE, dead, True)
             else:
                 # Classic queues do not count deliveries: count in a header on a fresh copy.
@@ -426,6 +471,10 @@ class AmqpBroker(AmqpFleet, Broker):
             ch.basic_ack(method.delivery_tag)
             return True
         return False
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        self.stop_consuming()
 
     def stop_consuming(self) -> None:
         self._stopping.set()
@@ -652,20 +701,36 @@ class _AmqpInbox(ReplyInbox):
         self._generation = broker._generation
 
     def get(self, correlation_id: str, timeout: float | None) -> Envelope | None:
+        """Wait for a reply; :class:`BrokerError` once it cannot come any more.
+
+        A reply travels on the connection its job was sent on: after that connection is lost,
+        every wait for the job raises (never a raw pika error); jobs sent after the reconnect
+        (which the next publish makes) are waited for as usual.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn = self._ch.connection
-        while correlation_id not in self.broker._replies:
+        broker = self.broker
+        job_id = correlation_id.rpartition(":")[0] if correlation_id.endswith(":progress") else correlation_id
+        while correlation_id not in broker._replies:
+            sent_on = broker._reply_generation.get(job_id, self._generation)
+            if sent_on != broker._generation or not self._ch.is_open:
+                raise self._lost(correlation_id, "the connection it was sent on is gone")
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return None
             try:
-                conn.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
-            except CONNECTION_ERRORS as exc:
-                raise BrokerError(
-                    f"lost the connection to RabbitMQ while waiting for job {correlation_id}; "
-                    f"the job itself is safe: check it with `runner dead list` or resubmit ({exc})"
-                ) from exc
-        return self.broker._replies.pop(correlation_id)
+                self._ch.connection.process_data_events(time_limit=min(left, 1.0))  # type: ignore[arg-type]
+            except Exception as exc:  # pika raises more than connection errors on a dead link
+                broker._drop_connection()  # the next publish reconnects
+                raise self._lost(correlation_id, str(exc) or type(exc).__name__) from exc
+        broker._reply_generation.pop(job_id, None)
+        return broker._replies.pop(correlation_id)
+
+    @staticmethod
+    def _lost(correlation_id: str, why: str) -> BrokerError:
+        return BrokerError(
+            f"lost the connection to RabbitMQ while waiting for job {correlation_id} ({why}); "
+            "the job itself is safe: check it with `runner dead list` or resubmit"
+        )
 
     def close(self) -> None:
         if self in self.broker._inboxes:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 import pika
+import pika.data
 import pika.exceptions as pe
 
 from runner.broker import Envelope
-from runner.errors import BrokerError
+from runner.errors import BrokerError, MessageError
 
 H_NOT_BEFORE = "x-runner-not-before"  # epoch milliseconds
 H_DELIVERIES = "x-runner-deliveries"
+H_DEAD_REASON = "x-runner-dead-reason"
 H_ROUTING_KEY = "x-runner-routing-key"  # original key of a message sent straight to a queue
 REPLY_TO = "amq.rabbitmq.reply-to"
 MAX_TTL_MS = 2**31 - 1
@@ -48,6 +52,14 @@ def delay_bucket_ms(delay: float, floor: bool = False) -> int:
     return min(MAX_DELAY_MS, ms)
 
 
+def delivery_count(env: Envelope) -> int:
+    """The ``x-runner-deliveries`` count; anything but a non-negative integer is malformed."""
+    value = env.headers.get(H_DELIVERIES, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MessageError(f"header {H_DELIVERIES}: expected a count, got {type(value).__name__}")
+    return value
+
+
 def envelope_from(routing_key: str, props: pika.BasicProperties, body: bytes) -> Envelope:
     """An envelope from what pika delivers; restores the key of a message sent to a queue."""
     headers = dict(props.headers or {})
@@ -63,3 +75,31 @@ def envelope_from(routing_key: str, props: pika.BasicProperties, body: bytes) ->
         timestamp=props.timestamp,
         content_type=props.content_type or "",
     )
+
+
+def _tolerate_timestamps() -> None:
+    """Keep an AMQP timestamp header that no date can hold as its integer.
+
+    pika turns a timestamp header (type ``T``) into a ``datetime``; any producer can send one
+    past the year 9999 (2**62), and pika's frame parser then raises, drops the connection and
+    gets the same message again, for ever.  Decoded as the plain integer, it reaches the
+    worker, whose checks refuse it where it matters.  pika offers no hook for this, so its
+    decoder is wrapped once, here, the only place that knows pika's wire details.
+    """
+    original = pika.data.decode_value
+    if getattr(original, "runner_tolerant", False):
+        return
+
+    def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+        try:
+            return original(encoded, offset)
+        except (OverflowError, OSError, ValueError):
+            if encoded[offset : offset + 1] != b"T":
+                raise
+            return struct.unpack_from(">Q", encoded, offset + 1)[0], offset + 9
+
+    decode_value.runner_tolerant = True  # type: ignore[attr-defined]
+    pika.data.decode_value = decode_value
+
+
+_tolerate_timestamps()

@@ -101,6 +101,7 @@ class SqliteBroker(Broker):
         self._unsettled: dict[str, int] = {}  # lease token -> message row id
         self._state = threading.Lock()
         self._stopping = threading.Event()
+        self._abandoned = threading.Event()  # stop even with deliveries unsettled
         self._inboxes: set[SqliteInbox] = set()
         self._closed = False
         self._prefetch = 1
@@ -223,6 +224,7 @@ class SqliteBroker(Broker):
             self._consume_until_stopped(queue, prefetch, on_delivery)
         finally:
             self._stopping.clear()
+            self._abandoned.clear()
 
     def _consume_until_stopped(
         self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]
@@ -235,7 +237,7 @@ class SqliteBroker(Broker):
             with self._state:
                 held = len(self._unsettled)
             stopping = self._stopping.is_set()
-            if stopping and not held:
+            if stopping and (not held or self._abandoned.is_set()):
                 return
             try:
                 if time.monotonic() >= renew_at:
@@ -306,6 +308,10 @@ class SqliteBroker(Broker):
     def stop_consuming(self) -> None:
         self._stopping.set()
         self._signal.notify()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        self.stop_consuming()
 
     def settle(
         self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False

@@ -30,6 +30,7 @@ from runner.sandbox.cgroup import JobCgroup
 from runner.errors import ConfigError, RunnerError
 from runner.jobs import SandboxProfile
 from runner.sandbox.probe import HostReport, check_required, summary
+from runner.sandbox.run import ALIVE_CHECK
 
 log = logging.getLogger(__name__)
 DEFAULT_UID_BASE = 61000
@@ -237,7 +238,7 @@ class Jail:
             if launch.cgroup is not None:
                 launch.cgroup.remove()
             raise
-        launch.argv = [*chain, *argv]
+        launch.argv = [*chain, *ALIVE_CHECK, *argv]  # last: the worker still lives
         log.debug("exec %s", shlex.join(launch.argv))
         return launch
 

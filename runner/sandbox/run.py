@@ -61,6 +61,31 @@ def _tool(name: str) -> str:
     return path
 
 
+# Parent death, without a window.  Each program of the chain that sets the parent-death signal
+# (setpriv, bwrap and bwrap's child inside its namespaces) does so a few ms after its fork; a
+# worker killed before that left a job running with no worker (bwrap issue #633).  So the
+# last link before the job checks that the worker still lives: its stdin is the read end of a
+# pipe that only the worker holds open (non-blocking: EOF once the worker is gone, "try again"
+# while it lives).  If the worker died before a signal was set, the job gives up unstarted;
+# if after, the signal kills it.  The job itself gets /dev/null as its stdin.
+ALIVE_CHECK = [
+    "/bin/sh", "-c", 'if cat >/dev/null 2>&1; then exit 125; fi; exec "$@" </dev/null', "runner-job",
+]
+_alive: tuple[int, int] | None = None
+_alive_lock = threading.Lock()
+
+
+def liveness_fd() -> int:
+    """The read end of this process's liveness pipe (made once; the write end never closes)."""
+    global _alive
+    with _alive_lock:
+        if _alive is None:
+            read, write = os.pipe()  # both close-on-exec: no child holds the write end
+            os.set_blocking(read, False)
+            _alive = (read, write)
+        return _alive[0]
+
+
 def limit_chain(profile: SandboxProfile) -> list[str]:
     """The exec chain that applies rlimits and the parent-death signal before the job runs."""
     limits = ["--core=0"]
@@ -109,7 +134,7 @@ def run(
     killed and its figures read when the job ends.
     """
     if launch is None:
-        chain = [*limit_chain(profile), *argv]
+        chain = [*limit_chain(profile), *ALIVE_CHECK, *argv]
         log.debug("exec %s", chain)
     else:
         chain = launch.argv
@@ -123,7 +148,7 @@ def run(
                 chain,
                 cwd=cwd,
                 env=dict(env) if env is not None else job_environment(cwd),
-                stdin=subprocess.DEVNULL,
+                stdin=liveness_fd(),  # the chain's last link checks it (ALIVE_CHECK)
                 stdout=out,
                 stderr=err,
                 start_new_session=True,

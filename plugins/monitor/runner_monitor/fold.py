@@ -46,6 +46,7 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
                     attempts_allowed=(e.get("options") or {}).get("attempts"))
     if state in ("succeeded", "failed"):
         _count_duration(db, e)
+        _count_run(db, job_id, e.get("attempt"))
     if fresh:
         sets.update(updated=ts, worker=e.get("worker") or None)
         if e.get("attempt") is not None:
@@ -72,7 +73,7 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
             if e.get("params") is not None:
                 sets["params"] = js(e["params"])
         elif state == "resubmitted":
-            sets.update(attempt=1, dead_reason=None, worker=None, retry_delay=None)
+            sets.update(attempt=1, dead_reason=None, worker=None, retry_delay=None, completed=None)
     if state == "dead" and e.get("error"):
         db.execute("UPDATE jobs SET error = COALESCE(error, ?) WHERE id = ?", (e["error"], job_id))
     if sets:
@@ -85,6 +86,25 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
         )
     if state in ("started", "succeeded", "failed", "dead"):
         _track_slot(db, state, e)
+
+
+def _count_run(db: sqlite3.Connection, job_id: str, attempt: Any) -> None:
+    """Count a completed run; a second completion of the same attempt is a repeat (also
+    counted in ``runner_jobs_total{state="repeated"}``)."""
+    job, raw = db.execute("SELECT job, completed FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    completed = json.loads(raw) if raw else []
+    repeat = attempt in completed
+    if not repeat:
+        completed.append(attempt)
+    db.execute(
+        "UPDATE jobs SET runs = runs + 1, repeats = repeats + ?, completed = ? WHERE id = ?",
+        (int(repeat), json.dumps(completed), job_id),
+    )
+    if repeat and job:
+        db.execute(
+            "INSERT INTO job_counts (job, state, n) VALUES (?, 'repeated', 1) "
+            "ON CONFLICT (job, state) DO UPDATE SET n = n + 1", (job,),
+        )
 
 
 def _track_slot(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:

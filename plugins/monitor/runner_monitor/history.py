@@ -25,7 +25,12 @@ from typing import Any
 from runner.errors import RunnerError
 from runner_monitor.fold import fold
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each completed run of a job is counted, and a run of an attempt that had already completed
+# (a redelivery after its outcome was out: a lost ack, a broker restart) is a repeat.
+MIGRATIONS = {2: ("ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE jobs ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE jobs ADD COLUMN completed TEXT")}
 STATES = ("queued", "received", "started", "retrying", "succeeded", "failed", "dead")
 LOST_AFTER = 3  # missed heartbeats before a worker that said nothing counts as lost
 
@@ -41,7 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     first_seen REAL NOT NULL, updated REAL NOT NULL, started_at REAL, finished_at REAL,
     duration REAL, params TEXT, files TEXT, options TEXT, error TEXT, traceback TEXT,
     stdout TEXT, stderr TEXT, exit_code INTEGER, outputs TEXT, value TEXT, history TEXT,
-    dead_reason TEXT, retry_delay REAL);
+    dead_reason TEXT, retry_delay REAL, runs INTEGER NOT NULL DEFAULT 0,
+    repeats INTEGER NOT NULL DEFAULT 0, completed TEXT);
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, updated);
 CREATE TABLE IF NOT EXISTS workers (
@@ -83,6 +89,9 @@ class History:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise RunnerError(f"{self.path} was written by a newer runner monitor")
+                for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                    for statement in MIGRATIONS.get(target, ()):
+                        db.execute(statement)
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -193,7 +202,8 @@ class History:
         total = self._rows(f"SELECT COUNT(*) AS n FROM jobs {clause}", args)[0]["n"]
         rows = self._rows(
             "SELECT id, job, route, queue, state, attempt, attempts_allowed, worker, submitted_at,"
-            " first_seen, updated, started_at, finished_at, duration, error, params, files FROM jobs "
+            " first_seen, updated, started_at, finished_at, duration, error, params, files, runs,"
+            " repeats FROM jobs "
             f"{clause} ORDER BY updated DESC, id LIMIT ? OFFSET ?",
             [*args, max(1, min(limit, 1000)), max(0, offset)],
         )
@@ -290,12 +300,18 @@ def _attempts(events: list[Mapping[str, Any]], history: list[Mapping[str, Any]])
     (attempts made before this monitor listened)."""
     starts: dict[tuple[Any, Any], float] = {}
     rows: list[dict[str, Any]] = []
+    done: set[Any] = set()  # attempts completed so far in this run of the job
     for e in events:
         key = (e.get("attempt"), e.get("worker"))
-        if e["event"] == "job.started":
+        if e["event"] == "job.resubmitted":
+            done.clear()
+        elif e["event"] == "job.started":
             starts[key] = e["ts"]
         elif e["event"] in ("job.succeeded", "job.failed"):
+            repeat = e.get("attempt") in done
+            done.add(e.get("attempt"))
             rows.append({
+                "repeat": repeat,
                 "attempt": e.get("attempt"), "worker": e.get("worker"),
                 "started_at": starts.pop(key, None), "finished_at": e["ts"],
                 "duration": e.get("duration"), "exit_code": e.get("exit_code"),
@@ -307,6 +323,7 @@ def _attempts(events: list[Mapping[str, Any]], history: list[Mapping[str, Any]])
         if not any(r["attempt"] == h.get("attempt") and abs(r["finished_at"] - finished) < 5
                    for r in rows):
             rows.append({
+                "repeat": False,
                 "attempt": h.get("attempt"), "worker": h.get("worker"), "started_at": None,
                 "finished_at": finished, "duration": h.get("duration"),
                 "exit_code": h.get("exit_code"),

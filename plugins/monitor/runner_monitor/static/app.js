@@ -108,7 +108,8 @@ async function jobsView(params) {
       onclick: () => { location.hash = `#/job/${j.id}`; }},
     h("td", {class: "mono"}, h("a", {href: `#/job/${j.id}`}, shortId(j.id))),
     h("td", {}, j.job || "?"), h("td", {class: "summary", title: j.summary}, j.summary),
-    h("td", {}, j.route || ""), h("td", {}, badge(j.state)),
+    h("td", {}, j.route || ""), h("td", {}, badge(j.state),
+      j.repeats ? h("span", {class: "repeat", title: `completed ${j.runs} times: ${j.repeats} repeated`}, ` ran ${j.runs}×`) : null),
     h("td", {class: "num"}, j.attempt ? `${j.attempt}${j.attempts_allowed ? "/" + j.attempts_allowed : ""}` : ""),
     h("td", {}, j.worker || ""), h("td", {class: "num"}, secs(j.duration)),
     h("td", {}, when(j.updated)), h("td", {class: "error"}, j.error || "")));
@@ -146,6 +147,7 @@ async function jobView(id) {
   if (button) button.addEventListener("click", () => retry(j.id, button, note));
   const facts = [["route", j.route], ["queue", j.queue], ["worker", j.worker],
     ["attempt", j.attempt ? `${j.attempt}${j.attempts_allowed ? " of " + j.attempts_allowed : ""}` : ""],
+    ["runs", j.repeats ? `${j.runs} (${j.repeats} repeated)` : j.runs],
     ["submitted", when(j.submitted_at)], ["started", when(j.started_at)],
     ["finished", when(j.finished_at)], ["duration", secs(j.duration)],
     ["exit code", j.exit_code], ["next try in", j.state === "retrying" && j.retry_delay != null ? secs(j.retry_delay) : null],
@@ -168,7 +170,9 @@ async function jobView(id) {
   out.push(section("Attempts", h("table", {id: "attempts"},
     h("thead", {}, h("tr", {}, ["#", "outcome", "worker", "finished", "duration", "exit", "error"].map((c) => h("th", {}, c)))),
     h("tbody", {}, j.attempts.map((a) => h("tr", {},
-      h("td", {class: "num"}, a.attempt), h("td", {}, badge(a.outcome)), h("td", {}, a.worker || ""),
+      h("td", {class: "num"}, a.attempt), h("td", {}, badge(a.outcome),
+        a.repeat ? h("span", {class: "repeat", title: "this attempt had already completed: a duplicate run"}, " repeat") : null),
+      h("td", {}, a.worker || ""),
       h("td", {}, when(a.finished_at)), h("td", {class: "num"}, secs(a.duration)),
       h("td", {class: "num"}, a.exit_code ?? ""), h("td", {class: "error"}, a.error || "")))))));
   out.push(section("Timeline", h("ol", {id: "timeline", class: "timeline"}, j.events.map((e) =>
