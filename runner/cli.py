@@ -19,7 +19,7 @@ import click
 
 from runner.cli_jobs import App, JobsGroup
 from runner.config import redact
-from runner.errors import RunnerError
+from runner.errors import BrokerError, RunnerError
 
 EXIT_ERROR = 3
 pass_app = click.make_pass_decorator(App)
@@ -109,7 +109,13 @@ def worker(
     w = Worker(connect(settings.broker_url, **_broker_options(settings)), plugins, settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
-    w.run()
+    try:
+        w.run()
+    except BrokerError as exc:
+        if not w.stop_requested:
+            raise
+        logging.getLogger(__name__).info("worker stopped before it was consuming (%s)", exc)
+        return
     if w.forced:
         # Slot threads that would not end must not hold the process open (exit joins them).
         logging.shutdown()

@@ -8,6 +8,7 @@ connect) with exponential backoff and jitter.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -56,29 +57,42 @@ def retrying_call(
     what: str,
     max_wait: float = 30.0,
     give_up_after: float | None = None,
+    cancel: threading.Event | None = None,
+    reason: Callable[[BaseException], str] = str,
 ) -> T:
     """Call ``fn`` until it succeeds, backing off exponentially with jitter between tries.
 
     Used for broker connects.  ``give_up_after`` (seconds) ends the tries, re-raising the last
-    error; ``None`` tries forever (a worker waiting for its broker to come back).
+    error; ``None`` tries forever (a worker waiting for its broker to come back).  Setting
+    ``cancel`` ends them too, at once (the wait between tries is on that event): a worker
+    told to stop while its broker is away stops.  The first failure is logged as a warning
+    with ``reason(error)``, later ones at debug level: one line says what is wrong.
     """
-    stop = tenacity.stop_never if give_up_after is None else tenacity.stop_after_delay(give_up_after)
+    stop: tenacity.stop.stop_base = (
+        tenacity.stop_never if give_up_after is None else tenacity.stop_after_delay(give_up_after)
+    )
+    if cancel is not None:
+        stop = stop | tenacity.stop_when_event_set(cancel)
 
     def note(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s failed (%s); try %d again in %.1fs",
-            what,
-            exc,
-            state.attempt_number + 1,
-            state.upcoming_sleep,
-        )
+        level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+        until = "" if give_up_after is None else f" for up to {give_up_after:g}s"
+        log.log(level, "%s failed (%s); trying again%s", what,
+                reason(exc) if exc is not None else "?", until)
+
+    def pause(seconds: float) -> None:
+        if cancel is not None:
+            cancel.wait(seconds)  # returns early when a stop is asked for
+        else:
+            tenacity.nap.sleep(seconds)
 
     retryer = tenacity.Retrying(
         stop=stop,
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5),
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=note,
+        sleep=pause,
         reraise=True,
     )
     return retryer(fn)

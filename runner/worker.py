@@ -219,6 +219,11 @@ class Worker:
         self.warm = WarmSlots(self.jail, self._jobs, self.workroot, self.concurrency, max_jobs, job_cgroups)
         log.info("warm slots on: each slot forks its jobs from a slot host (max_jobs_per_slot %d)", max_jobs)
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether :meth:`stop` was called (a SIGTERM or SIGINT, a control ``shutdown``)."""
+        return self._stopping.is_set()
+
     def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs; let running ones finish for ``grace`` seconds, then requeue them.
 

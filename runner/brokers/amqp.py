@@ -63,6 +63,7 @@ from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
     RECORD_ARGS as _RECORD_ARGS,
     REPLY_TO,
     StaleDelivery,
+    connect_with_retries,
     delay_bucket_ms,
     delivery_count,
     Tag as _Tag,
@@ -70,7 +71,6 @@ from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
 )
 from runner.brokers.amqp_fleet import AmqpFleet
 from runner.errors import BrokerError, MessageError, UnroutableError
-from runner.retry import retrying_call
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +135,7 @@ class AmqpBroker(AmqpFleet, Broker):
     def _reconnect(self, give_up_after: float | None) -> None:
         self._drop_connection()
 
-        def attempt() -> BlockingConnection:
-            try:
-                return BlockingConnection(self._params)
-            except pe.ProbableAuthenticationError as exc:
-                raise BrokerError(f"RabbitMQ refused the credentials in {self._safe_url}") from exc
-
-        try:
-            conn = retrying_call(
-                attempt, CONNECTION_ERRORS, f"connect to {self._safe_url}", 10.0, give_up_after
-            )
-        except CONNECTION_ERRORS as exc:
-            reason = str(exc) or type(exc).__name__
-            raise BrokerError(f"cannot connect to RabbitMQ at {self._safe_url}: {reason}") from exc
+        conn = connect_with_retries(self._params, self._safe_url, give_up_after, self._stopping)
         ch = conn.channel()
         ch.confirm_delivery()
         ch.exchange_declare(JOBS_EXCHANGE, ExchangeType.topic, durable=True)  # type: ignore[arg-type]

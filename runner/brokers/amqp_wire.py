@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pika.data
 import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingConnection
 
 from runner.broker import Envelope
 from runner.errors import BrokerError, MessageError
+from runner.retry import retrying_call
 
 H_NOT_BEFORE = "x-runner-not-before"  # epoch milliseconds
 H_DELIVERIES = "x-runner-deliveries"
@@ -25,6 +28,51 @@ MAX_DELAY_MS = 2_000_000_000
 CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, OSError)
 # A record is a queue holding only its newest message (last value wins).
 RECORD_ARGS = {"x-max-length": 1, "x-overflow": "drop-head"}
+
+
+def connection_reason(exc: BaseException) -> str:
+    """What went wrong connecting, in words: pika's own errors often print as nothing."""
+    # pika wraps the cause: its text is in the repr of the error's arguments
+    text = " ".join(repr(a) for a in exc.args) if isinstance(exc, pe.AMQPConnectionError) else ""
+    text = text or str(exc) or type(exc).__name__
+    for cause, words in (("ConnectionRefusedError", "connection refused"),
+                         ("TimeoutError", "timed out"), ("timed out", "timed out"),
+                         ("Name or service not known", "unknown host name"),
+                         ("Temporary failure in name resolution", "host name lookup failed"),
+                         ("No route to host", "no route to host")):
+        if cause in text:
+            return words
+    return text
+
+
+def connect_with_retries(
+    params: pika.URLParameters, where: str, give_up_after: float | None,
+    cancel: threading.Event | None = None,
+) -> BlockingConnection:
+    """A connection to RabbitMQ, retried with backoff while the broker may come back.
+
+    Refused credentials and an unknown vhost are permanent: they fail at once, never retried.
+    ``cancel`` (a stop request) ends the retries at once.
+
+    Raises:
+        BrokerError: the reason in words (``connection refused``, ``refused the credentials``).
+    """
+    def attempt() -> BlockingConnection:
+        try:
+            return BlockingConnection(params)
+        except pe.ProbableAuthenticationError as exc:
+            raise BrokerError(f"RabbitMQ refused the credentials in {where}") from exc
+        except pe.ProbableAccessDeniedError as exc:
+            raise BrokerError(f"RabbitMQ refused access to the vhost of {where} (does it exist, "
+                              f"and may this user use it?)") from exc
+
+    try:
+        return retrying_call(attempt, CONNECTION_ERRORS, f"connect to {where}", 10.0,
+                             give_up_after, cancel, connection_reason)
+    except CONNECTION_ERRORS as exc:
+        if cancel is not None and cancel.is_set():
+            raise BrokerError(f"stopped while waiting for RabbitMQ at {where}") from exc
+        raise BrokerError(f"cannot connect to RabbitMQ at {where}: {connection_reason(exc)}") from exc
 
 
 class StaleDelivery(BrokerError):
