@@ -1,0 +1,64 @@
+"""Results that outlive the client, and groups that finish (docs/results.md).
+
+:func:`open_store` opens the store a URL names; :func:`store_url` says which URL the settings
+mean (``[results] url``, by default an SQLite file beside the embedded broker's, or in the
+user's data directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+
+from runner.config import Settings, parse_duration
+from runner.errors import ConfigError
+from runner.results.store import (
+    GroupSpec,
+    GroupState,
+    GroupStatus,
+    Member,
+    OnFailure,
+    ResultStore,
+    StoreError,
+)
+
+__all__ = [
+    "GroupSpec", "GroupState", "GroupStatus", "Member", "OnFailure", "ResultStore", "StoreError",
+    "keep_seconds", "open_store", "store_url",
+]
+OFF = ("off", "none", "")
+DEFAULT_KEEP = "7d"
+
+
+def store_url(settings: Settings) -> str | None:
+    """The result store's URL, or None when ``[results] url = "off"``."""
+    url = settings.results.get("url")
+    if url is not None:
+        text = str(url).strip()
+        return None if text.lower() in OFF else text
+    if settings.broker_url.startswith("sqlite:"):
+        from runner.results.sqlite import store_path
+
+        broker_file = store_path(settings.broker_url.partition("?")[0])
+        return f"sqlite:///{broker_file.parent / 'results.sqlite3'}"
+    return f"sqlite:///{Path(platformdirs.user_data_dir('runner')) / 'results.sqlite3'}"
+
+
+def keep_seconds(settings: Settings) -> float:
+    """``[results] keep``: how long results and groups are kept (default 7 days)."""
+    return parse_duration(settings.results.get("keep", DEFAULT_KEEP), "[results] keep")
+
+
+def open_store(url: str) -> ResultStore:
+    """Open the store ``url`` names: ``sqlite:///path`` or ``postgresql://…``."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from runner.results.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if scheme in ("postgresql", "postgres"):
+        from runner.results.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(f"unsupported results URL {url!r}: use sqlite:///path or postgresql://…")
