@@ -76,7 +76,8 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
             done += 1
         if result.ok:
             target = Path(options["output_dir"]) if options.get("output_dir") else Path(path).resolve().parent
-            written = [str(p) for p in save_outputs(result, target, client.shared_root)]
+            written = [str(p) for p in save_outputs(result, target, client.shared_root,
+                                                         not client.keeps_results)]
         else:
             written = []
             failed.append((path, result.error or "failed"))

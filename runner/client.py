@@ -24,10 +24,11 @@ from typing import Any
 
 from runner.broker import Broker, Envelope, ReplyInbox, connect
 from runner.config import Settings, load
-from runner.errors import JobError, JobFailed, MessageError, RunnerError
+from runner.errors import ConfigError, JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
 from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
+from runner.results.store import ResultStore
 from runner.shared import fetch, remove, store_input
 from runner.signing import Signer, signer_from_settings
 from runner.timing import schedule
@@ -45,6 +46,7 @@ class JobHandle:
     job: str
     route: str
     _inbox: ReplyInbox | None
+    _poll: Callable[[str], JobResult | None] | None = None  # the result store, if there is one
 
     def wait(
         self,
@@ -65,7 +67,10 @@ class JobHandle:
             JobFailed: the job failed for good (unless ``raise_on_failure`` is false).
         """
         if self._inbox is None:
-            raise RunnerError(f"job {self.id} was submitted without wait=True; no reply will come")
+            if self._poll is None:
+                raise RunnerError(f"job {self.id} was submitted without wait=True and there is "
+                                  "no result store ([results] url); no result will come")
+            return self._wait_stored(self._poll, timeout, raise_on_failure)
         if on_progress is None:
             env = self._inbox.get(self.id, timeout)
         else:
@@ -80,6 +85,22 @@ class JobHandle:
             raise JobFailed(self.id, result.error or "unknown error", result)
         return result
 
+
+    def _wait_stored(self, poll: Callable[[str], JobResult | None], timeout: float | None,
+                     raise_on_failure: bool) -> JobResult:
+        """Poll the result store (from 50 ms up to every second) until the result is there."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.05
+        while (result := poll(self.id)) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(f"job {self.id} has no result after {timeout:g}s; it is still "
+                                  "queued or running, or the id is unknown or expired")
+            time.sleep(pause if left is None else min(pause, left))  # an external store: poll
+            pause = min(1.0, pause * 1.5)
+        if raise_on_failure and not result.ok:
+            raise JobFailed(self.id, result.error or "unknown error", result)
+        return result
 
     def _wait_reporting(
         self, inbox: ReplyInbox, timeout: float | None, report: Callable[[dict[str, Any]], None]
@@ -118,6 +139,7 @@ class Client:
         self.settings = settings
         self.signer = signer or signer_from_settings(settings.signing, settings.base_dir("signing"))
         self._inbox: ReplyInbox | None = None
+        self._store: ResultStore | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Client:
@@ -145,6 +167,7 @@ class Client:
         expires: Any = None,
         group: str | None = None,
         job_id: str | None = None,
+        after: str | None = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -165,7 +188,39 @@ class Client:
             group: a group id shared by jobs submitted together (a batch).
             job_id: the job's id (default: a random one); ``runner beat`` derives it from
                 the slot, so every beat process gives a slot the same id.
+            after: (groups only) this job is the callback of group ``after``.
         """
+        envelope, delay = self.envelope(
+            job, params, files, route=route, wait=wait, timeout=timeout, retries=retries,
+            delay=delay, priority=priority, webhook=webhook, eta=eta, expires=expires,
+            group=group, job_id=job_id, after=after,
+        )
+        self.broker.publish(envelope, delay=delay)
+        inbox = self._inbox if wait else None
+        route = envelope.routing_key.split(".", 1)[0]
+        return JobHandle(id=envelope.message_id, job=job, route=route, _inbox=inbox,
+                         _poll=self.result if self._store_url() else None)
+
+    def envelope(
+        self,
+        job: str,
+        params: Mapping[str, Any] | None = None,
+        files: Mapping[str, str | os.PathLike[str] | FileData] | None = None,
+        *,
+        route: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        retries: int | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        webhook: str | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        group: str | None = None,
+        job_id: str | None = None,
+        after: str | None = None,
+    ) -> tuple[Envelope, float]:
+        """The job as :meth:`submit` would publish it (validated, signed), with its delay."""
         job_type = self.plugins.jobs.get(job)
         job_id = job_id or uuid.uuid4().hex
         data = self._files(job_type, files or {}, job_id)
@@ -176,7 +231,7 @@ class Client:
         delay, expires_at = schedule(delay, eta, expires)
         options = JobOptions(
             timeout=timeout, retries=retries, priority=priority, webhook=webhook,
-            expires=expires_at, group=group,
+            expires=expires_at, group=group, after=after,
         )
         try:
             check_url(webhook, "webhook")
@@ -194,8 +249,43 @@ class Client:
         envelope = message.to_envelope(reply_to=inbox.address if inbox else None)
         if self.signer is not None:
             envelope = self.signer.sign(envelope, delay=delay)
-        self.broker.publish(envelope, delay=delay)
-        return JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
+        return envelope, delay
+
+    # --- results that outlive the client (docs/results.md) -----------------------------------
+    def _store_url(self) -> str | None:
+        from runner.results import store_url
+
+        return store_url(self.settings)
+
+    @property
+    def keeps_results(self) -> bool:
+        """Whether results go to a store (then outputs on the share stay for it)."""
+        return self._store_url() is not None
+
+    @property
+    def store(self) -> ResultStore:
+        """The result store (opened on first use).
+
+        Raises:
+            ConfigError: ``[results] url = "off"``.
+        """
+        if self._store is None:
+            from runner.results import open_store
+
+            url = self._store_url()
+            if url is None:
+                raise ConfigError('there is no result store ([results] url = "off")')
+            self._store = open_store(url)
+        return self._store
+
+    def result(self, job_id: str) -> JobResult | None:
+        """A job's final result from the store; None while it is queued or running, or when
+        the id is unknown or its result expired (``[results] keep``)."""
+        return self.store.get(job_id)
+
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle on a job submitted earlier, by any process: ``handle(id).wait()``."""
+        return JobHandle(id=job_id, job="", route="", _inbox=None, _poll=self.result)
 
     def _route(self, job_type: JobType, message: JobMessage) -> str:
         configured = self.settings.routes.get(job_type.name)
@@ -249,6 +339,8 @@ class Client:
     def close(self) -> None:
         if self._inbox is not None:
             self._inbox.close()
+        if self._store is not None:
+            self._store.close()
         self.broker.close()
 
     def __enter__(self) -> Client:
@@ -259,12 +351,14 @@ class Client:
 
 
 def save_outputs(
-    result: JobResult, directory: str | os.PathLike[str], shared: Path | None = None
+    result: JobResult, directory: str | os.PathLike[str], shared: Path | None = None,
+    consume: bool = True,
 ) -> list[Path]:
     """Write a result's output files into ``directory``; return their paths.
 
     Outputs that came back by reference are copied from ``shared`` (the ``shared_storage``
-    directory), verified against their digests, and then removed from it.
+    directory), verified against their digests, and then removed from it, unless
+    ``consume`` is false: a result store refers to them until its retention removes them.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
@@ -278,6 +372,6 @@ def save_outputs(
         else:
             path.write_bytes(item.data)
         paths.append(path)
-    if any(item.ref for item in result.outputs):
+    if consume and any(item.ref for item in result.outputs):
         remove(shared, result.id, "out")
     return paths

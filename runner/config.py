@@ -80,7 +80,7 @@ _SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
 _TABLES = {"schedule", "routes", "jobs", "notify", "sandbox", "signing", "results"}
 # Table keys that an environment variable may set too (RUNNER_RESULTS_URL: workers started by
 # a supervisor or a test get their store without a config file).
-_TABLE_ENV = {("results", "url"), ("results", "keep")}
+_TABLE_ENV = {("results", "url"), ("results", "keep"), ("results", "lease")}
 
 
 def load(
@@ -219,11 +219,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("inline_limit may be at most 48MiB (messages are capped at 64MiB)")
     if not re.match(r"^[A-Za-z0-9_.:-]{1,200}$", settings.queue):
         raise ConfigError(f"queue name {settings.queue!r} is not valid")
-    unknown = set(settings.results) - {"url", "keep"}
+    unknown = set(settings.results) - {"url", "keep", "lease"}
     if unknown:
-        raise ConfigError(f"[results]: unknown key {sorted(unknown)[0]!r} (known: url, keep)")
-    if "keep" in settings.results:
-        parse_duration(settings.results["keep"], "[results] keep")
+        raise ConfigError(f"[results]: unknown key {sorted(unknown)[0]!r} (known: url, keep, lease)")
+    for key in ("keep", "lease"):
+        if key in settings.results:
+            parse_duration(settings.results[key], f"[results] {key}")
     for route in settings.routes.values():
         if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", str(route)):
             raise ConfigError(f"[routes]: {route!r} is not a valid route")

@@ -74,6 +74,7 @@ def execute(
     slot: int = 0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    extra_inputs: tuple[FileData, ...] = (),
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
@@ -81,14 +82,15 @@ def execute(
     worker is root; without one, only the basic layer applies.  ``on_progress`` receives the
     progress records (:func:`runner.jobs.parse_progress`) the job reports while it runs.
     ``shared`` is the shared storage directory: inputs sent by reference are copied from it,
-    and outputs past the inline limit go back through it.
+    and outputs past the inline limit go back through it.  ``extra_inputs`` are more files
+    for the job's input directory (a group callback's ``members.json`` and member outputs).
     """
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=f"{message.id[:12]}-", dir=root))
     try:
         return _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
-            on_progress, shared,
+            on_progress, shared, extra_inputs,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -107,6 +109,7 @@ def _attempt(
     slot: int,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
+    extra_inputs: tuple[FileData, ...] = (),
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -122,16 +125,13 @@ def _attempt(
     logs = base / "log"
     logs.mkdir(mode=0o700)
     args = dict(params)
+    for f in extra_inputs:
+        _place(f, ctx.in_dir / f.name, shared, owner)
     for name in job.inputs:
         if name in message.files:
             f = message.files[name]
             path = ctx.in_dir / f.name
-            if f.ref:
-                fetch(shared, f, path)  # verified against the (signed) digest
-            else:
-                path.write_bytes(f.data)
-            if owner is not None:
-                os.chown(path, owner, owner)
+            _place(f, path, shared, owner)
             args[name] = str(path)
     timeout = message.options.timeout or job.timeout
     env = sandbox.job_environment(ctx.tmp_dir)
@@ -244,6 +244,17 @@ def _attempt(
         verdict = Verdict.RETRY if retryable else Verdict.FATAL
     last = done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else []
     return finish(verdict, done, error=error + (f": {last[0]}" if last else ""))
+
+
+def _place(f: FileData, path: Path, shared: Path | None, owner: int | None) -> None:
+    """Write one input file into the job's input directory, owned by the job's uid."""
+    if f.ref:
+        path.unlink(missing_ok=True)
+        fetch(shared, f, path)  # verified against the (signed) digest
+    else:
+        path.write_bytes(f.data)
+    if owner is not None:
+        os.chown(path, owner, owner)
 
 
 def _read_outcome(path: Path) -> dict[str, Any] | None:

@@ -63,7 +63,8 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         return EXIT_TIMEOUT
     if bar:
         bar.clear()
-    written = save_outputs(result, _output_dir(options, files), client.shared_root) if result.ok else []
+    written = save_outputs(result, _output_dir(options, files), client.shared_root,
+                           not client.keeps_results) if result.ok else []
     print_result(result, written, bool(options.get("json")), debug)
     return EXIT_OK if result.ok else EXIT_FAILED
 

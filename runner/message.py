@@ -125,6 +125,7 @@ class JobOptions:
     webhook: str | None = None
     expires: float | None = None  # epoch seconds: not started by then, the job is dropped
     group: str | None = None  # jobs submitted together (a batch) share a group id
+    after: str | None = None  # a group's callback: the group whose members' results it gets
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -136,6 +137,8 @@ class JobOptions:
             out["expires"] = self.expires
         if self.group:
             out["group"] = self.group
+        if self.after:
+            out["after"] = self.after
         return out
 
 
@@ -156,6 +159,10 @@ class JobMessage:
     @property
     def routing_key(self) -> str:
         return f"{self.route}.{self.job}"
+
+    def with_files(self, files: Mapping[str, FileData]) -> JobMessage:
+        """The same job with other input files (a callback's, filled in by the worker)."""
+        return replace(self, files=dict(files))
 
     def next_attempt(self) -> JobMessage:
         return replace(self, attempt=self.attempt + 1)
@@ -222,6 +229,7 @@ class JobMessage:
             webhook=check_url(opts.get("webhook"), "options.webhook"),
             expires=_number(opts.get("expires"), "options.expires", positive=True),
             group=_group(opts.get("group")),
+            after=_group(opts.get("after"), "options.after"),
         )
         attempt = _int(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
         msg_id = obj.get("id")
@@ -366,11 +374,11 @@ def _history(raw: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(items[-MAX_HISTORY:])
 
 
-def _group(value: Any) -> str | None:
+def _group(value: Any, where: str = "options.group") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise MessageError("options.group: expected a short string")
+        raise MessageError(f"{where}: expected a short string")
     return value
 
 

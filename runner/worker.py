@@ -39,7 +39,7 @@ from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings
 from runner.control import ControlServer
 from runner.ratelimit import H_RATE_SLOT, RateLimiter
-from runner.errors import ConfigError, JobError, MessageError
+from runner.errors import ConfigError, JobError, MessageError, RunnerError
 from runner.execution import Attempt, Verdict, execute
 from runner.jail import Jail
 from runner.jobs import JobType, tighten
@@ -58,6 +58,8 @@ from runner.message import (
 from runner.handover import H_GUARD, Guardian
 from runner.plugins import Plugins
 from runner.pool import Pool
+from runner.results import StoreError, recorder_for
+from runner.results.recorder import Recorder
 from runner.probe import probe
 from runner.retry import next_delay, policy_for
 from runner.signing import Signed, Verifier, verifier_from_settings
@@ -106,6 +108,7 @@ class Worker:
         # Long jobs (docs/fleet.md): only where the broker takes back deliveries held too long.
         needs = bool(getattr(broker, "needs_handover", False))
         self.guardian = Guardian(self, settings.handover_after if needs else 0.0)
+        self.results = Recorder(None, settings.broker_url, 0.0)  # opened by run()
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -116,10 +119,12 @@ class Worker:
                 sandbox or signing settings are wrong; nothing was consumed.
         """
         self._start_sandbox()
+        self.results = recorder_for(self.settings)  # before consuming: results go there first
         try:
             self.broker.declare_queue(self.queue, self.bindings)
             self._start_control()
             self.guardian.start()
+            self.results.start()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
                 self.name, self.queue, ", ".join(self.bindings), self.pool.size, self.broker.url,
@@ -136,6 +141,7 @@ class Worker:
                 log.info("worker %s stopped after %d jobs", self.name, self.processed)
         finally:
             self.guardian.stop()
+            self.results.close()
             if self._control is not None:
                 self._control.stop()
             if self.jail is not None:
@@ -226,12 +232,23 @@ class Worker:
                 signed = self.verifier.verify(env, _attempt_of(env))
             message = JobMessage.from_envelope(env)
             job = self._jobs.get(message.job) or self.plugins.jobs.get(message.job)
+            prepared = self.results.prepare(message, job)  # a group callback: members' results
+            if prepared is None:
+                log.info("job %s %s ran already (a second copy of a callback): dropped",
+                         message.id, message.job)
+                self._settle(delivery, [])
+                return
+            message, extra_inputs = prepared
             params = job.validate(message.params, message.files)
             allowed = policy_for(job.retry, message.options.retries).attempts
             if message.attempt > allowed:
                 raise MessageError(f"attempt {message.attempt} is past the job's {allowed} attempts")
         except (MessageError, JobError) as exc:
             self._reject_unrunnable(delivery, str(exc))
+            return
+        except StoreError as exc:
+            log.warning("job %s: the result store is not available (%s); later", env.message_id, exc)
+            self._settle(delivery, (), requeue=True)
             return
         expires = message.options.expires
         if expires is not None and time.time() > expires:
@@ -264,6 +281,7 @@ class Worker:
                     output_limit=self.settings.inline_limit, cancel=cancel, jail=self.jail,
                     slot=slot, on_progress=self._progress_reporter(job, message, env),
                     shared=Path(self.settings.shared_storage) if self.settings.shared_storage else None,
+                    extra_inputs=extra_inputs,
                 )
             except MessageError as exc:
                 # An input on shared storage that differs from the (signed) message: never run.
@@ -329,6 +347,9 @@ class Worker:
         result = replace(attempt.result, history=history)
         if attempt.verdict is Verdict.SUCCEEDED:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
+            if not self.results.record(message, result):  # stored before the ack, or no ack
+                self._settle(delivery, (), requeue=True)
+                return False
             if self._settle(delivery, out):
                 self.plugins.job_succeeded(job, message, result, self)
                 return True
@@ -353,6 +374,9 @@ class Worker:
         out = [Outgoing(_dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
         if reply_to:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
+        if not self.results.record(message, result):
+            self._settle(delivery, (), requeue=True)
+            return False
         if self._settle(delivery, out):
             self.plugins.job_failed(job, message, result, True, self)
             self.plugins.job_dead(job, message, reason, result, self)
@@ -411,6 +435,9 @@ class Worker:
                 attempts=message.attempt - 1, error="revoked", worker=self.name,
             )
             out.append(Outgoing(result.to_envelope(delivery.envelope.reply_to), Target.REPLY))
+        if not self.results.record_unrunnable(delivery.envelope, "revoked", True):  # in its group
+            self._settle(delivery, (), requeue=True)
+            return
         self._settle(delivery, out)
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
@@ -424,6 +451,9 @@ class Worker:
                 error=reason, worker=self.name,
             )
             out.append(Outgoing(failed.to_envelope(env.reply_to), Target.REPLY))
+        if not self.results.record_unrunnable(env, reason, _verified(self.verifier, env)):
+            self._settle(delivery, (), requeue=True)
+            return
         if self._settle(delivery, out):
             try:
                 message: JobMessage | None = JobMessage.from_envelope(env)
@@ -461,6 +491,17 @@ class Worker:
             if watch is not None:
                 watch.settled = True
         return True
+
+
+def _verified(verifier: Verifier | None, env: Envelope) -> bool:
+    """Whether a message is the submitter's own (always, with signing off)."""
+    if verifier is None:
+        return True
+    try:
+        verifier.verify(env, _attempt_of(env))
+    except RunnerError:
+        return False
+    return True
 
 
 def _attempt_of(env: Envelope) -> int:

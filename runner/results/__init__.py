@@ -13,7 +13,9 @@ import platformdirs
 
 from runner.config import Settings, parse_duration
 from runner.errors import ConfigError
+from runner.results.recorder import Recorder
 from runner.results.store import (
+    PUBLISH_LEASE,
     GroupSpec,
     GroupState,
     GroupStatus,
@@ -25,7 +27,7 @@ from runner.results.store import (
 
 __all__ = [
     "GroupSpec", "GroupState", "GroupStatus", "Member", "OnFailure", "ResultStore", "StoreError",
-    "keep_seconds", "open_store", "store_url",
+    "keep_seconds", "open_store", "recorder_for", "store_url",
 ]
 OFF = ("off", "none", "")
 DEFAULT_KEEP = "7d"
@@ -48,6 +50,14 @@ def store_url(settings: Settings) -> str | None:
 def keep_seconds(settings: Settings) -> float:
     """``[results] keep``: how long results and groups are kept (default 7 days)."""
     return parse_duration(settings.results.get("keep", DEFAULT_KEEP), "[results] keep")
+
+
+def recorder_for(settings: Settings) -> Recorder:
+    """The worker's recorder: the configured store (or none), retention and claim lease."""
+    url = store_url(settings)
+    lease = parse_duration(settings.results.get("lease", PUBLISH_LEASE), "[results] lease")
+    return Recorder(open_store(url) if url else None, settings.broker_url, keep_seconds(settings),
+                    lease, Path(settings.shared_storage) if settings.shared_storage else None)
 
 
 def open_store(url: str) -> ResultStore:

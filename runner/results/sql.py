@@ -84,13 +84,13 @@ class SqlStore(ResultStore):
         """A cursor in a write transaction, committed on exit (rolled back on an error)."""
 
     # --- results ----------------------------------------------------------------------------
-    def put(self, result: JobResult, group: str | None = None,
-            now: float | None = None) -> Envelope | None:
+    def put(self, result: JobResult, group: str | None = None, now: float | None = None,
+            lease: float = PUBLISH_LEASE) -> Envelope | None:
         now = time.time() if now is None else now
         with self._tx() as cur:
             _store_result(cur, result, group, now)
             if group:
-                return _count(cur, group, result.id, result.status.value, result.error, now)
+                return _count(cur, group, result.id, result.status.value, result.error, now, lease)
         return None
 
     def get(self, job_id: str) -> JobResult | None:
@@ -204,7 +204,7 @@ def _store_result(cur: Cursor, result: JobResult, group: str | None, now: float)
 
 
 def _count(cur: Cursor, group: str, job_id: str, status: str, error: str | None,
-           now: float) -> Envelope | None:
+           now: float, lease: float) -> Envelope | None:
     """Count one member's end; return the callback when it completed the group."""
     while True:  # a loop, not recursion: a skipped callback ends a member of the next group
         cur.execute(
@@ -235,7 +235,7 @@ def _count(cur: Cursor, group: str, job_id: str, status: str, error: str | None,
             continue
         cur.execute(
             "UPDATE runner_groups SET status = ?, completed_at = ?, claimed_until = ?"
-            " WHERE group_id = ?", (GroupStatus.COMPLETE.value, now, now + PUBLISH_LEASE, group),
+            " WHERE group_id = ?", (GroupStatus.COMPLETE.value, now, now + lease, group),
         )
         return envelope_from_json(callback)
 

@@ -98,14 +98,14 @@ class ResultStore(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def put(self, result: JobResult, group: str | None = None,
-            now: float | None = None) -> Envelope | None:
+    def put(self, result: JobResult, group: str | None = None, now: float | None = None,
+            lease: float = PUBLISH_LEASE) -> Envelope | None:
         """Store a job's final result (a later one for the same id replaces it).
 
         When the job is a member of ``group`` it is counted there, once however often its
         result is stored.  Returns the callback envelope when this result completed the group
-        and this caller now holds the claim to publish it: publish it, then call
-        :meth:`published`.
+        and this caller now holds the claim to publish it for ``lease`` seconds: publish it,
+        then call :meth:`published`.
         """
 
     @abc.abstractmethod
