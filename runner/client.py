@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from runner.errors import ConfigError, JobError, JobFailed, MessageError, Runner
 from runner.jobs import ROUTE_RE, JobType
 from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
+from runner.results.groups import GroupBuilder, GroupHandle, JobSpec, submit_chain
 from runner.results.store import ResultStore
 from runner.shared import fetch, remove, store_input
 from runner.signing import Signer, signer_from_settings
@@ -224,7 +225,9 @@ class Client:
         job_type = self.plugins.jobs.get(job)
         job_id = job_id or uuid.uuid4().hex
         data = self._files(job_type, files or {}, job_id)
-        checked = job_type.validate(dict(params or {}), data)
+        # A group's callback gets its input files from the members, when it runs.
+        given = data if after is None else {**{n: FileData(n) for n in job_type.inputs}, **data}
+        checked = job_type.validate(dict(params or {}), given)
         payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
         if not 0 <= priority <= 9:
             raise JobError("priority must be from 0 to 9")
@@ -282,6 +285,26 @@ class Client:
         """A job's final result from the store; None while it is queued or running, or when
         the id is unknown or its result expired (``[results] keep``)."""
         return self.store.get(job_id)
+
+    # --- groups, maps, chains (runner/results/groups.py) -----------------------------------
+    def group(self, members: Sequence[JobSpec]) -> GroupBuilder:
+        """Jobs that finish together: ``.then(job, params)`` submits them with a callback that
+        runs once all ended; ``.submit()`` without one."""
+        return GroupBuilder(self, members)
+
+    def map(self, job: str, params: Sequence[Mapping[str, Any]],
+            files: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> GroupBuilder:
+        """One ``job`` per parameter set (and file set), as a group: ``.then(...)`` or
+        ``.submit()``."""
+        if files is not None and len(files) != len(params):
+            raise JobError("map: give as many file sets as parameter sets")
+        sets = files if files is not None else [{}] * len(params)
+        return GroupBuilder(self, [JobSpec(job, p, f, options) for p, f in zip(params, sets)])
+
+    def chain(self, *steps: JobSpec) -> GroupHandle:
+        """Submit ``a -> b -> ...``: each step runs once the one before succeeded, with its
+        outputs as input files; ``.wait()`` on the handle waits for the last step."""
+        return submit_chain(self, steps)
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle on a job submitted earlier, by any process: ``handle(id).wait()``."""
