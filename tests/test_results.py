@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 
 import pytest
-from conftest import TESTS, WorkerProcess, wait_until
+from conftest import WorkerProcess, wait_until
 
 from runner.broker import connect
 from runner.client import Client
@@ -113,4 +113,3 @@ def test_the_store_can_be_turned_off(box, plugins):
         handle = client.submit("echo", {"text": "x"}, route=box.route)
         with pytest.raises(Exception, match="no result store"):
             handle.wait(timeout=1)
-    assert TESTS.is_dir()
