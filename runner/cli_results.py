@@ -12,7 +12,7 @@ from runner.cli_jobs import DURATION, App, print_result
 from runner.client import JobHandle, WaitTimeout, save_outputs
 from runner.errors import ConfigError, RunnerError
 from runner.local import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
-from runner.results import GroupState, ResultStore, keep_seconds, open_store, store_url
+from runner.results import ResultStore, describe_group, keep_seconds, open_store, store_url
 
 pass_app = click.make_pass_decorator(App)
 
@@ -69,26 +69,6 @@ def result(app: App, job_id: str, wait: bool, wait_timeout: float | None, as_jso
             names = ", ".join(f.name for f in found.outputs)
             click.echo(f"outputs (--output-dir DIR writes them): {names}")
     return EXIT_OK if found.ok else EXIT_FAILED
-
-
-def describe_group(state: GroupState, store: ResultStore) -> dict[str, Any]:
-    """A group as a plain record: counts, members, and its callback's state."""
-    callback: dict[str, Any] | None = None
-    if state.callback_id:
-        done = store.get(state.callback_id)
-        status = done.status.value if done is not None else {
-            "running": "waiting", "complete": "publishing", "published": "queued",
-            "skipped": "skipped"}[state.status.value]
-        callback = {"id": state.callback_id, "status": status,
-                    "error": done.error if done is not None else None}
-    return {
-        "id": state.id, "status": state.status.value, "total": state.total,
-        "succeeded": state.done - state.failed, "failed": state.failed,
-        "pending": state.pending, "on_failure": state.on_failure.value,
-        "members": [{"id": m.id, "job": m.job, "status": m.status or "pending",
-                     "error": m.error} for m in state.members],
-        "callback": callback,
-    }
 
 
 @click.command("group")

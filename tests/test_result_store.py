@@ -85,6 +85,7 @@ def test_a_group_completes_once_and_hands_out_its_callback_once(store):
     assert state.members[1].error == "bad"
     store.published("g1")
     assert store.group("g1").status is GroupStatus.PUBLISHED
+    assert store.group_of("m2") == "g1" and store.group_of("nope") is None
 
 
 def test_concurrent_members_complete_the_group_exactly_once(store, tmp_path):

@@ -8,6 +8,7 @@ user's data directory).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -27,7 +28,7 @@ from runner.results.store import (
 
 __all__ = [
     "GroupSpec", "GroupState", "GroupStatus", "Member", "OnFailure", "ResultStore", "StoreError",
-    "keep_seconds", "open_store", "recorder_for", "store_url",
+    "describe_group", "keep_seconds", "open_store", "recorder_for", "store_url",
 ]
 OFF = ("off", "none", "")
 DEFAULT_KEEP = "7d"
@@ -72,3 +73,23 @@ def open_store(url: str) -> ResultStore:
 
         return PostgresStore(url)
     raise ConfigError(f"unsupported results URL {url!r}: use sqlite:///path or postgresql://…")
+
+
+def describe_group(state: GroupState, store: ResultStore) -> dict[str, Any]:
+    """A group as a plain record: counts, members, and its callback's state."""
+    callback: dict[str, Any] | None = None
+    if state.callback_id:
+        done = store.get(state.callback_id)
+        status = done.status.value if done is not None else {
+            "running": "waiting", "complete": "publishing", "published": "queued",
+            "skipped": "skipped"}[state.status.value]
+        callback = {"id": state.callback_id, "status": status,
+                    "error": done.error if done is not None else None}
+    return {
+        "id": state.id, "status": state.status.value, "total": state.total,
+        "succeeded": state.done - state.failed, "failed": state.failed,
+        "pending": state.pending, "on_failure": state.on_failure.value,
+        "members": [{"id": m.id, "job": m.job, "status": m.status or "pending",
+                     "error": m.error} for m in state.members],
+        "callback": callback,
+    }

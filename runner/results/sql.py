@@ -106,6 +106,12 @@ class SqlStore(ResultStore):
         record["outputs"] = []
         return replace(JobResult.from_json(record), outputs=outputs)
 
+    def group_of(self, job_id: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute("SELECT group_id FROM runner_results WHERE job_id = ?", (job_id,))
+            row = cur.fetchone()
+        return row[0] if row is not None else None
+
     # --- groups -----------------------------------------------------------------------------
     def create_group(self, spec: GroupSpec, now: float | None = None) -> None:
         if not spec.members:

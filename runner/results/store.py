@@ -113,6 +113,10 @@ class ResultStore(abc.ABC):
         """The stored result with its inline output data, or None (unknown or expired)."""
 
     @abc.abstractmethod
+    def group_of(self, job_id: str) -> str | None:
+        """The group a stored result was counted in (None: none, or no such result)."""
+
+    @abc.abstractmethod
     def create_group(self, spec: GroupSpec, now: float | None = None) -> None:
         """Record a group before its members are published (an existing id is an error)."""
 
