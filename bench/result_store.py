@@ -78,6 +78,22 @@ def batch(broker_url: str, route: str, n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def put_cost(url: str, n: int = 300) -> float:
+    """Median seconds of one ``put`` of a trivial job's result: the store's work per job."""
+    from runner.message import JobResult, JobStatus
+    from runner.results import open_store
+
+    times = []
+    with open_store(url) as store:
+        for _ in range(n):
+            result = JobResult(id=uuid.uuid4().hex, job="noop", status=JobStatus.SUCCEEDED,
+                               attempts=1, exit_code=0, history=({"attempt": 1},))
+            start = time.perf_counter()
+            store.put(result)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="jobs per batch")
@@ -114,6 +130,7 @@ def main() -> None:
                             broker.delete_queue(queue)
                     print(f"  round {round_ + 1} {name:<9} {rates[name][-1]:7.1f} jobs/s",
                           file=sys.stderr)
+            costs = {name: put_cost(url) for name, url in urls.items() if name != "off"}
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.close()
@@ -125,8 +142,15 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<14} {median:16.1f} {median / base:11.2f}x  "
               + ", ".join(f"{v:.1f}" for v in values))
+    # The store's own work per job, against one job's time in a slot (2 slots at the base rate):
+    # the estimate of what it takes from throughput, steadier than batch rates on a busy box.
+    per_job = 2 / base
+    for name, cost in costs.items():
+        print(f"{name} store: {cost * 1000:.2f} ms per result written, "
+              f"{100 * cost / per_job:.1f} % of a job's {per_job * 1000:.0f} ms in a slot")
     if args.json:
         args.json.write_text(json.dumps({"n": args.n, "broker": args.broker, "rates": rates,
+                                         "put_seconds": costs,
                                          "date": time.strftime("%Y-%m-%d")}, indent=2))
 
 

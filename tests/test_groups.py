@@ -168,3 +168,23 @@ def test_the_group_finishes_after_the_submitting_client_exited(setup, tmp_path):
     text = cli("group", record["group"]).stdout
     assert "2 succeeded, 0 failed, 0 pending of 2" in text and "succeeded" in text.splitlines()[-1]
     assert succeeded(ledger).count(record["callback"]["id"]) == 1
+
+
+def test_a_group_finishes_with_the_postgres_store(tmp_path, plugins, postgres_url):
+    # Given workers and a client sharing a PostgreSQL result store (the fleet setup)
+    route = unique_route()
+    settings = replace(settings_for(f"sqlite:///{tmp_path / 'broker.sqlite3'}", route),
+                       workdir=str(tmp_path / "work"), results={"url": postgres_url})
+    with connect(settings.broker_url) as broker:
+        broker.declare_queue(settings.queue, settings.bindings)
+    with Client(connect(settings.broker_url), plugins, settings) as client:
+        handle = client.map("echo", [{"text": "p"}, {"text": "g"}], route=route).then(
+            "collect", route=route)
+        # When two workers run it
+        with running_worker(settings, plugins, name="pg-a"), \
+                running_worker(settings, plugins, name="pg-b"):
+            result = handle.wait(timeout=120)
+        # Then the callback saw both members, and the group is done in the database
+        assert result.value["texts"] == ["p", "g"]
+        assert handle.state().status is GroupStatus.PUBLISHED
+        assert client.result(handle.members[1].id).value["text"] == "g"

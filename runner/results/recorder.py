@@ -92,8 +92,10 @@ class Recorder:
         after = message.options.after
         if after is None or self.store is None:
             return message, ()
-        if self.store.get(message.id) is not None:
-            # A second copy (published again by a reconciler): the callback ran already.
+        done = self.store.get(message.id)
+        if done is not None and done.ok:
+            # A second copy (published again by a reconciler): the callback ran already.  A
+            # failed one may run again (`runner dead retry` sends it back on purpose).
             return None
         state = self.store.group(after)
         if state is None:

@@ -54,7 +54,8 @@ class Stored:
              "shared": bool(f.ref), "image": not f.ref and image_type(f.data) is not None}
             for i, f in enumerate(found.outputs)
         ]
-        record["group"] = self.store.group_of(job_id)
+        group = self.store.group_of(job_id)  # a plain batch shares an id but is no group
+        record["group"] = group if group and self.store.group(group) is not None else None
         suffix = "-then"
         if job_id.endswith(suffix) and self.store.group(job_id[: -len(suffix)]) is not None:
             record["callback_of"] = job_id[: -len(suffix)]
