@@ -113,3 +113,17 @@ def test_the_store_can_be_turned_off(box, plugins):
         handle = client.submit("echo", {"text": "x"}, route=box.route)
         with pytest.raises(Exception, match="no result store"):
             handle.wait(timeout=1)
+
+
+def test_a_default_store_that_cannot_be_opened_does_not_stop_a_worker(tmp_path):
+    from runner.config import Settings
+    from runner.results import StoreError, recorder_for
+
+    # Given an embedded broker in a place where no results file can be made (/proc)
+    settings = Settings(broker_url="sqlite:////proc/no-such-dir/broker.sqlite3")
+    # Then the worker's recorder keeps no results, rather than refusing to start
+    recorder = recorder_for(settings)
+    assert recorder.store is None
+    # But a store the operator asked for is an error
+    with pytest.raises(StoreError, match="cannot open the result store"):
+        recorder_for(replace(settings, results={"url": "sqlite:////proc/no-such-dir/r.sqlite3"}))

@@ -7,6 +7,7 @@ user's data directory).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "GroupSpec", "GroupState", "GroupStatus", "Member", "OnFailure", "ResultStore", "StoreError",
     "describe_group", "keep_seconds", "open_store", "recorder_for", "store_url",
 ]
+log = logging.getLogger(__name__)
 OFF = ("off", "none", "")
 DEFAULT_KEEP = "7d"
 
@@ -54,11 +56,26 @@ def keep_seconds(settings: Settings) -> float:
 
 
 def recorder_for(settings: Settings) -> Recorder:
-    """The worker's recorder: the configured store (or none), retention and claim lease."""
+    """The worker's recorder: the configured store (or none), retention and claim lease.
+
+    Raises:
+        StoreError: a configured ``[results] url`` cannot be opened.  The *default* store
+            failing (a worker whose home is not writable) is a warning: the worker runs, and
+            keeps no results, as before there was a store.
+    """
     url = store_url(settings)
     lease = parse_duration(settings.results.get("lease", PUBLISH_LEASE), "[results] lease")
-    return Recorder(open_store(url) if url else None, settings.broker_url, keep_seconds(settings),
-                    lease, Path(settings.shared_storage) if settings.shared_storage else None)
+    store = None
+    if url is not None:
+        try:
+            store = open_store(url)
+        except (StoreError, ConfigError) as exc:
+            if settings.results.get("url") is not None:
+                raise
+            log.warning("no result store: the default one cannot be opened (%s); results are "
+                        "not kept, and groups cannot finish ([results] url)", exc)
+    return Recorder(store, settings.broker_url, keep_seconds(settings), lease,
+                    Path(settings.shared_storage) if settings.shared_storage else None)
 
 
 def open_store(url: str) -> ResultStore:
