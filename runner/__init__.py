@@ -29,6 +29,9 @@ _EXPORTS = {
     "parse_size": "runner.config",
     "redact_url": "runner.config",
     "hookimpl": "runner.hookspecs",
+    "describe_group": "runner.results",
+    "open_store": "runner.results",
+    "store_url": "runner.results",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     )
     from runner.hookspecs import hookimpl
     from runner.jobs import JobType, RetryPolicy, SandboxProfile
+    from runner.results import describe_group, open_store, store_url
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ import click
 
 from runner.client import Client, JobHandle, OutputRefused, WaitTimeout, save_outputs
 from runner.jobs import JobType
-from runner.local import EXIT_FAILED, EXIT_OK, local_worker
+from runner.local import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, local_worker
 from runner.untrusted import printable
 
 
@@ -44,6 +44,8 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
            options: dict[str, Any]) -> int:
     from runner.cli_jobs import ProgressLine, stderr_is_tty
 
+    if options.get("then"):
+        return _group(client, job, params, files, options)
     group = uuid.uuid4().hex
     wait = bool(options.get("wait"))
     # All validated first, then sent in one go with the confirms pipelined (submit_many).
@@ -82,7 +84,8 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
             target = Path(options["output_dir"]) if options.get("output_dir") else Path(path).resolve().parent
             try:
                 written = [str(p) for p in save_outputs(
-                    result, target, client.shared_root, overwrite=bool(options.get("overwrite")),
+                    result, target, client.shared_root, not client.keeps_results,
+                    overwrite=bool(options.get("overwrite")),
                     inputs=[p for p, _ in handles],  # no output replaces any input of the batch
                 )]
             except OutputRefused as exc:
@@ -106,3 +109,44 @@ def _batch(client: Client, job: JobType, params: dict[str, Any], files: list[dic
         for path, error in failed:
             click.secho(f"  failed {path}: {printable(error, False)}", fg="red", err=True)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _group(client: Client, job: JobType, params: dict[str, Any], files: list[dict[str, str]],
+           options: dict[str, Any]) -> int:
+    """``--then JOB``: the jobs as a group whose callback JOB runs once all of them ended."""
+    from runner.cli_jobs import print_result
+    from runner.errors import JobError
+    from runner.results.groups import JobSpec
+
+    then_params: dict[str, str] = {}
+    for item in options.get("then_param") or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JobError(f"--then-param {item!r}: expected KEY=VALUE")
+        then_params[key.replace("-", "_")] = value
+    keep = ("route", "timeout", "retries", "delay", "priority", "webhook", "eta", "expires")
+    submit = {k: options[k] for k in keep if options.get(k) is not None}
+    handle = client.group([JobSpec(job.name, params, f, submit) for f in files]).then(
+        options["then"], then_params, on_failure=options.get("then_on_failure") or "run",
+        route=options.get("route"))  # --route sends the whole group there, callback included
+    assert handle.callback is not None
+    if not options.get("wait"):
+        ids = [{"input": next(iter(f.values()), None), "id": h.id}
+               for f, h in zip(files, handle.members)]
+        if options.get("json"):
+            click.echo(json.dumps({"group": handle.id, "jobs": ids,
+                                   "callback": {"id": handle.callback.id, "job": options["then"]}}))
+        else:
+            click.echo(f"group {handle.id}: {len(ids)} jobs, then {options['then']} "
+                       f"{handle.callback.id}")
+        return EXIT_OK
+    try:
+        result = handle.wait(options.get("wait_timeout") or client.settings.wait_timeout,
+                             raise_on_failure=False)
+    except WaitTimeout as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        return EXIT_TIMEOUT
+    target = Path(options["output_dir"]) if options.get("output_dir") else Path.cwd()
+    written = save_outputs(result, target, client.shared_root, False) if result.ok else []
+    print_result(result, written, bool(options.get("json")))
+    return EXIT_OK if result.ok else EXIT_FAILED

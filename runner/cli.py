@@ -190,6 +190,10 @@ cli.add_command(revoke)
 from runner.cli_beat import beat  # noqa: E402
 
 cli.add_command(beat)
+from runner.cli_results import group, result  # noqa: E402
+
+cli.add_command(result)
+cli.add_command(group)
 
 
 def main() -> None:

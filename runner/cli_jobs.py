@@ -72,6 +72,12 @@ COMMON_OPTIONS = [
     click.Option(["--overwrite", "opt_overwrite"], is_flag=True, help="Replace existing files with outputs (never an input)."),
     click.Option(["--webhook", "opt_webhook"], help="POST the final result (signed) to this URL."),
     click.Option(["--json", "opt_json"], is_flag=True, help="Print machine-readable JSON."),
+    click.Option(["--then", "opt_then"], metavar="JOB",
+                 help="Run JOB once every job submitted here has ended, with their results (a group)."),
+    click.Option(["--then-param", "opt_then_param"], multiple=True, metavar="KEY=VALUE",
+                 help="A parameter of the --then job (repeatable)."),
+    click.Option(["--then-on-failure", "opt_then_on_failure"], type=click.Choice(["run", "skip"]),
+                 default="run", help="With a failed member: run the --then job anyway, or skip it."),
 ]
 
 
@@ -146,9 +152,11 @@ def job_command(job: JobType, local: bool) -> click.Command:
         many = list(kwargs.pop(batch)) if batch else []
         files = {n: kwargs.pop(n) for n in job.inputs if kwargs.get(n) is not None}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if len(many) > 1:
-            assert batch is not None
-            code = app.submit_batch(job, kwargs, [{batch: f} for f in many], options, local)
+        if options.get("then") and local:
+            raise click.UsageError("--then needs `runner submit` (workers run the group)")
+        if len(many) > 1 or options.get("then"):
+            sets = [{batch: f} for f in many] if batch else [files]
+            code = app.submit_batch(job, kwargs, sets, options, local)
         else:
             if batch and many:
                 files[batch] = many[0]

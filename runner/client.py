@@ -24,11 +24,13 @@ from typing import Any
 
 from runner.broker import Broker, Envelope, ReplyInbox, connect
 from runner.config import Settings, load
-from runner.errors import JobError, JobFailed, MessageError, RunnerError
+from runner.errors import ConfigError, JobError, JobFailed, MessageError, RunnerError
 from runner.jobs import ROUTE_RE, JobType
 from runner import fields
 from runner.message import PROGRESS_SUFFIX, FileData, JobMessage, JobOptions, JobResult, check_file_name, check_url
 from runner.plugins import Plugins, make_plugins
+from runner.results.groups import GroupBuilder, GroupHandle, JobSpec, submit_chain
+from runner.results.store import ResultStore
 from runner.shared import fetch, remove, store_input
 from runner.signing import Signer, signer_from_settings
 from runner.untrusted import name_problem, printable
@@ -47,6 +49,7 @@ class JobHandle:
     job: str
     route: str
     _inbox: ReplyInbox | None
+    _poll: Callable[[str], JobResult | None] | None = None  # the result store, if there is one
 
     def wait(
         self,
@@ -67,7 +70,10 @@ class JobHandle:
             JobFailed: the job failed for good (unless ``raise_on_failure`` is false).
         """
         if self._inbox is None:
-            raise RunnerError(f"job {self.id} was submitted without wait=True; no reply will come")
+            if self._poll is None:
+                raise RunnerError(f"job {self.id} was submitted without wait=True and there is "
+                                  "no result store ([results] url); no result will come")
+            return self._wait_stored(self._poll, timeout, raise_on_failure)
         if on_progress is None:
             env = self._inbox.get(self.id, timeout)
         else:
@@ -82,6 +88,22 @@ class JobHandle:
             raise JobFailed(self.id, result.error or "unknown error", result)
         return result
 
+
+    def _wait_stored(self, poll: Callable[[str], JobResult | None], timeout: float | None,
+                     raise_on_failure: bool) -> JobResult:
+        """Poll the result store (from 50 ms up to every second) until the result is there."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.05
+        while (result := poll(self.id)) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(f"job {self.id} has no result after {timeout:g}s; it is still "
+                                  "queued or running, or the id is unknown or expired")
+            time.sleep(pause if left is None else min(pause, left))  # an external store: poll
+            pause = min(1.0, pause * 1.5)
+        if raise_on_failure and not result.ok:
+            raise JobFailed(self.id, result.error or "unknown error", result)
+        return result
 
     def _wait_reporting(
         self, inbox: ReplyInbox, timeout: float | None, report: Callable[[dict[str, Any]], None]
@@ -120,6 +142,7 @@ class Client:
         self.settings = settings
         self.signer = signer or signer_from_settings(settings.signing, settings.base_dir("signing"))
         self._inbox: ReplyInbox | None = None
+        self._store: ResultStore | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Client:
@@ -147,6 +170,7 @@ class Client:
         expires: Any = None,
         group: str | None = None,
         job_id: str | None = None,
+        after: str | None = None,
     ) -> JobHandle:
         """Submit one job; returns once the broker has confirmed it.
 
@@ -167,11 +191,12 @@ class Client:
             group: a group id shared by jobs submitted together (a batch).
             job_id: the job's id (default: a random one); ``runner beat`` derives it from
                 the slot, so every beat process gives a slot the same id.
+            after: (groups only) this job is the callback of group ``after``.
         """
         envelope, delay, handle = self._prepare(
             job, params, files, route=route, wait=wait, timeout=timeout, retries=retries,
             delay=delay, priority=priority, webhook=webhook, eta=eta, expires=expires,
-            group=group, job_id=job_id,
+            group=group, job_id=job_id, after=after,
         )
         self.broker.publish(envelope, delay=delay)
         return handle
@@ -187,6 +212,11 @@ class Client:
         prepared = [self._prepare(**dict(item)) for item in jobs]
         self.broker.publish_many([(envelope, delay) for envelope, delay, _ in prepared])
         return [handle for _, _, handle in prepared]
+
+    def envelope(self, job: str, *args: Any, **kwargs: Any) -> tuple[Envelope, float]:
+        """The job as :meth:`submit` would publish it (validated, signed), with its delay."""
+        envelope, delay, _ = self._prepare(job, *args, **kwargs)
+        return envelope, delay
 
     def _prepare(
         self,
@@ -205,19 +235,22 @@ class Client:
         expires: Any = None,
         group: str | None = None,
         job_id: str | None = None,
+        after: str | None = None,
     ) -> tuple[Envelope, float, JobHandle]:
         """Validate one job and build its (signed) envelope, its delay and its handle."""
         job_type = self.plugins.jobs.get(job)
         job_id = job_id or uuid.uuid4().hex
         data = self._files(job_type, files or {}, job_id)
-        checked = job_type.validate(dict(params or {}), data)
+        # A group's callback gets its input files from the members, when it runs.
+        given = data if after is None else {**{n: FileData(n) for n in job_type.inputs}, **data}
+        checked = job_type.validate(dict(params or {}), given)
         payload = {k: v for k, v in checked.items() if k not in job_type.inputs}
         if not 0 <= priority <= 9:
             raise JobError("priority must be from 0 to 9")
         delay, expires_at = schedule(delay, eta, expires)
         options = JobOptions(
             timeout=timeout, retries=retries, priority=priority, webhook=webhook,
-            expires=expires_at, group=group,
+            expires=expires_at, group=group, after=after,
         )
         try:
             # The checks a worker makes, made here first: a NaN timeout is an error at submit.
@@ -238,7 +271,65 @@ class Client:
         envelope = message.to_envelope(reply_to=inbox.address if inbox else None)
         if self.signer is not None:
             envelope = self.signer.sign(envelope, delay=delay)
-        return envelope, delay, JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox)
+        handle = JobHandle(id=message.id, job=job, route=message.route, _inbox=inbox,
+                           _poll=self.result if self._store_url() else None)
+        return envelope, delay, handle
+
+    # --- results that outlive the client (docs/results.md) -----------------------------------
+    def _store_url(self) -> str | None:
+        from runner.results import store_url
+
+        return store_url(self.settings)
+
+    @property
+    def keeps_results(self) -> bool:
+        """Whether results go to a store (then outputs on the share stay for it)."""
+        return self._store_url() is not None
+
+    @property
+    def store(self) -> ResultStore:
+        """The result store (opened on first use).
+
+        Raises:
+            ConfigError: ``[results] url = "off"``.
+        """
+        if self._store is None:
+            from runner.results import open_store
+
+            url = self._store_url()
+            if url is None:
+                raise ConfigError('there is no result store ([results] url = "off")')
+            self._store = open_store(url)
+        return self._store
+
+    def result(self, job_id: str) -> JobResult | None:
+        """A job's final result from the store; None while it is queued or running, or when
+        the id is unknown or its result expired (``[results] keep``)."""
+        return self.store.get(job_id)
+
+    # --- groups, maps, chains (runner/results/groups.py) -----------------------------------
+    def group(self, members: Sequence[JobSpec]) -> GroupBuilder:
+        """Jobs that finish together: ``.then(job, params)`` submits them with a callback that
+        runs once all ended; ``.submit()`` without one."""
+        return GroupBuilder(self, members)
+
+    def map(self, job: str, params: Sequence[Mapping[str, Any]],
+            files: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> GroupBuilder:
+        """One ``job`` per parameter set (and file set), as a group: ``.then(...)`` or
+        ``.submit()``."""
+        if files is not None and len(files) != len(params):
+            raise JobError("map: give as many file sets as parameter sets")
+        sets = files if files is not None else [{}] * len(params)
+        return GroupBuilder(self, [JobSpec(job, p, f, options) for p, f in zip(params, sets)])
+
+    def chain(self, *steps: JobSpec) -> GroupHandle:
+        """Submit ``a -> b -> ...``: each step runs once the one before succeeded, with its
+        outputs as input files; ``.wait()`` on the handle waits for the last step."""
+        return submit_chain(self, steps)
+
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle on a job submitted earlier, by any process: ``handle(id).wait()``."""
+        return JobHandle(id=job_id, job="", route="", _inbox=None, _poll=self.result)
 
     def _route(self, job_type: JobType, message: JobMessage) -> str:
         configured = self.settings.routes.get(job_type.name)
@@ -292,6 +383,8 @@ class Client:
     def close(self) -> None:
         if self._inbox is not None:
             self._inbox.close()
+        if self._store is not None:
+            self._store.close()
         self.broker.close()
 
     def __enter__(self) -> Client:
@@ -309,6 +402,7 @@ def save_outputs(
     result: JobResult,
     directory: str | os.PathLike[str],
     shared: Path | None = None,
+    consume: bool = True,
     *,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
@@ -319,7 +413,8 @@ def save_outputs(
     one plain, visible file name (no separator, no dot file, no control character).  An
     existing file is never replaced unless ``overwrite`` is set, and one of ``inputs`` never.
     Outputs that came back by reference are copied from ``shared`` (the ``shared_storage``
-    directory), verified against their digests, and then removed from it.
+    directory), verified against their digests, and then removed from it, unless
+    ``consume`` is false: a result store refers to them until its retention removes them.
 
     Raises:
         OutputRefused: a name is not plain, or a file is in the way; nothing was written.
@@ -354,7 +449,7 @@ def save_outputs(
                     raise OutputRefused(f"output {path} appeared while writing; not replaced") from None
         finally:
             temp.unlink(missing_ok=True)
-    if any(item.ref for item in result.outputs):
+    if consume and any(item.ref for item in result.outputs):
         remove(shared, result.id, "out")
     return paths
 

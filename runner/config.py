@@ -60,6 +60,7 @@ class Settings:
     sandbox: Mapping[str, Any] = field(default_factory=dict)
     signing: Mapping[str, Any] = field(default_factory=dict)
     schedule: Mapping[str, Any] = field(default_factory=dict)
+    results: Mapping[str, Any] = field(default_factory=dict)  # [results] url, keep (results.md)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -78,7 +79,10 @@ class Settings:
 
 
 _SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "sources"]
-_TABLES = {"schedule", "routes", "jobs", "notify", "sandbox", "signing"}
+_TABLES = {"schedule", "routes", "jobs", "notify", "sandbox", "signing", "results"}
+# Table keys that an environment variable may set too (RUNNER_RESULTS_URL: workers started by
+# a supervisor or a test get their store without a config file).
+_TABLE_ENV = {("results", "url"), ("results", "keep"), ("results", "lease")}
 
 
 def load(
@@ -104,6 +108,12 @@ def load(
         if key not in _TABLES and env_name in environ:
             values[key] = _convert(key, environ[env_name], env_name)
             sources[key] = f"env {env_name}"
+
+    for table_name, key in sorted(_TABLE_ENV):
+        env_name = f"{ENV_PREFIX}{table_name.upper()}_{key.upper()}"
+        if env_name in environ:
+            values[table_name] = {**values.get(table_name, {}), key: environ[env_name]}
+            sources[table_name] = f"env {env_name}"
 
     for key, raw in (flags or {}).items():
         if raw is None or raw == ():
@@ -247,6 +257,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError("inline_limit may be at most 48MiB (messages are capped at 64MiB)")
     if not re.match(r"^[A-Za-z0-9_.:-]{1,200}$", settings.queue):
         raise ConfigError(f"queue name {settings.queue!r} is not valid")
+    unknown = set(settings.results) - {"url", "keep", "lease"}
+    if unknown:
+        raise ConfigError(f"[results]: unknown key {sorted(unknown)[0]!r} (known: url, keep, lease)")
+    for key in ("keep", "lease"):
+        if key in settings.results:
+            parse_duration(settings.results[key], f"[results] {key}")
     for route in settings.routes.values():
         if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", str(route)):
             raise ConfigError(f"[routes]: {route!r} is not a valid route")

@@ -82,6 +82,7 @@ def execute(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     shared: Path | None = None,
     warm: WarmSlots | None = None,
+    extra_inputs: tuple[FileData, ...] = (),
 ) -> Attempt:
     """Run one attempt of ``message`` as ``job`` in a fresh directory under ``root``.
 
@@ -91,6 +92,8 @@ def execute(
     ``shared`` is the shared storage directory: inputs sent by reference are copied from it,
     and outputs past the inline limit go back through it.  With ``warm`` slots the job is
     forked by the slot's warm host (:mod:`runner.sandbox.warm`) instead of a new exec chain.
+    ``extra_inputs`` are more files for the job's input directory (a group callback's
+    ``members.json`` and member outputs).
     """
     host = warm.host_for(slot, job) if warm is not None else None
     host_logs = warm.logs_dir(slot) if warm is not None and host is not None else None
@@ -112,7 +115,7 @@ def execute(
                     mounts.append(place)
         attempt = _attempt(
             job, message, params, base, worker, grace, output_limit, cancel, jail, slot,
-            on_progress, shared, host, host_logs,
+            on_progress, shared, host, host_logs, extra_inputs,
         )
         full = bool(mounts) and disk and workdir.used_up(base / "job", disk)
         if full and attempt.verdict is not Verdict.SUCCEEDED:
@@ -143,6 +146,7 @@ def _attempt(
     shared: Path | None = None,
     host: SlotHost | None = None,
     host_logs: Path | None = None,
+    extra_inputs: tuple[FileData, ...] = (),
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
@@ -161,16 +165,13 @@ def _attempt(
         logs = base / "log"
         logs.mkdir(mode=0o700, exist_ok=True)  # may be a quota mount
     args = dict(params)
+    for f in extra_inputs:
+        _place(f, ctx.in_dir / f.name, shared, owner)
     for name in job.inputs:
         if name in message.files:
             f = message.files[name]
             path = ctx.in_dir / f.name
-            if f.ref:
-                fetch(shared, f, path)  # verified against the (signed) digest
-            else:
-                path.write_bytes(f.data)
-            if owner is not None:
-                os.chown(path, owner, owner)
+            _place(f, path, shared, owner)
             args[name] = str(path)
     timeout = message.options.timeout or job.timeout
     env = sandbox.job_environment(ctx.tmp_dir)
@@ -313,6 +314,17 @@ def job_limits(profile: SandboxProfile, jail: Jail, slot: int) -> dict[str, int]
         values.append(("as", profile.memory))
     limits.update({name: value for name, value in values if value is not None})
     return limits
+
+
+def _place(f: FileData, path: Path, shared: Path | None, owner: int | None) -> None:
+    """Write one input file into the job's input directory, owned by the job's uid."""
+    if f.ref:
+        path.unlink(missing_ok=True)
+        fetch(shared, f, path)  # verified against the (signed) digest
+    else:
+        path.write_bytes(f.data)
+    if owner is not None:
+        os.chown(path, owner, owner)
 
 
 def collect_outputs(

@@ -89,11 +89,11 @@ def integer(value: Any, where: str, low: int, high: int) -> int | None:
     return value
 
 
-def group(value: Any) -> str | None:
+def group(value: Any, where: str = "options.group") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise MessageError("options.group: expected a short string")
+        raise MessageError(f"{where}: expected a short string")
     return value
 
 

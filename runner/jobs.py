@@ -24,7 +24,8 @@ ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Options every generated `runner submit <job>` command has; job parameters may not take them.
 RESERVED_FLAGS = frozenset(
     {"--route", "--wait", "--timeout", "--retries", "--delay", "--priority", "--json",
-     "--output-dir", "--overwrite", "--wait-timeout", "--webhook", "--help"}
+     "--output-dir", "--overwrite", "--wait-timeout", "--webhook", "--help", "--then",
+     "--then-param", "--then-on-failure"}
 )
 
 

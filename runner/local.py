@@ -65,7 +65,7 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
         bar.clear()
     try:
         written = save_outputs(
-            result, _output_dir(options, files), client.shared_root,
+            result, _output_dir(options, files), client.shared_root, not client.keeps_results,
             overwrite=bool(options.get("overwrite")), inputs=list(files.values()),
         ) if result.ok else []
     except OutputRefused as exc:

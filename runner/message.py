@@ -111,6 +111,7 @@ class JobOptions:
     webhook: str | None = None
     expires: float | None = None  # epoch seconds: not started by then, the job is dropped
     group: str | None = None  # jobs submitted together (a batch) share a group id
+    after: str | None = None  # a group's callback: the group whose members' results it gets
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -122,6 +123,8 @@ class JobOptions:
             out["expires"] = self.expires
         if self.group:
             out["group"] = self.group
+        if self.after:
+            out["after"] = self.after
         return out
 
 
@@ -142,6 +145,10 @@ class JobMessage:
     @property
     def routing_key(self) -> str:
         return f"{self.route}.{self.job}"
+
+    def with_files(self, files: Mapping[str, FileData]) -> JobMessage:
+        """The same job with other input files (a callback's, filled in by the worker)."""
+        return replace(self, files=dict(files))
 
     def next_attempt(self) -> JobMessage:
         return replace(self, attempt=self.attempt + 1)
@@ -211,6 +218,7 @@ class JobMessage:
                 opts.get("expires"), "options.expires", positive=True, high=fields.MAX_EPOCH
             ),
             group=fields.group(opts.get("group")),
+            after=fields.group(opts.get("after"), "options.after"),
         )
         attempt = fields.integer(env.headers.get(H_ATTEMPT, 1), "attempt header", 1, 100000) or 1
         msg_id = fields.check_id(obj.get("id"))

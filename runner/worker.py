@@ -43,13 +43,14 @@ from runner.broker import Broker, Delivery, Envelope, Outgoing, Target, connect
 from runner.config import Settings, redact_url
 from runner.control import ControlServer
 from runner.ratelimit import H_RATE_SLOT, RateLimiter
-from runner.errors import ConfigError, JobError, MessageError
+from runner.errors import ConfigError, JobError, MessageError, RunnerError
 from runner.execution import Attempt, Verdict, execute
 from runner.sandbox.chain import Jail
 from runner.jobs import JobType, tighten
 from runner.message import (
     H_ATTEMPT,
     MAX_HISTORY,
+    FileData,
     JobMessage,
     JobResult,
     JobStatus,
@@ -60,6 +61,8 @@ from runner.handover import H_GUARD, Guardian
 from runner.isolation import Isolation
 from runner.plugins import Plugins
 from runner.pool import Pool
+from runner.results import StoreError, recorder_for
+from runner.results.recorder import Recorder
 from runner.sandbox.probe import probe
 from runner.sandbox.warm import DEFAULT_MAX_JOBS, WarmSlots
 from runner.retry import next_delay, policy_for
@@ -117,6 +120,7 @@ class Worker:
         # Long jobs (docs/fleet.md): only where the broker takes back deliveries held too long.
         needs = bool(getattr(broker, "needs_handover", False))
         self.guardian = Guardian(self, settings.handover_after if needs else 0.0)
+        self.results = Recorder(None, settings.broker_url, 0.0)  # opened by run()
 
     # --- life cycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -130,10 +134,12 @@ class Worker:
         # Each job crosses threads several times (connection -> slot -> connection): a thread
         # waiting for the GIL would otherwise wait up to the default 5 ms switch interval.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        self.results = recorder_for(self.settings)  # before consuming: results go there first
         try:
             self.broker.declare_queue(self.queue, self.bindings)
             self._start_control()
             self.guardian.start()
+            self.results.start()
             log.info(
                 "worker %s consuming queue %s (bindings %s) with %d slots on %s",
                 self.name, self.queue, ", ".join(self.bindings), self.pool.size, redact_url(self.broker.url),
@@ -154,6 +160,7 @@ class Worker:
                          self.processed - self.handed_back, self.handed_back)
         finally:
             self.guardian.stop()
+            self.results.close()
             if self._control is not None:
                 self._control.stop()
             if self.warm is not None:
@@ -319,7 +326,7 @@ class Worker:
         decoded = self._decode(delivery)
         if decoded is None:
             return
-        message, job, params, signed = decoded
+        message, job, params, signed, extra_inputs = decoded
         expires = message.options.expires
         if expires is not None and time.time() > expires:
             # Dead-lettered (not silently acked): job_dead tells monitors, `runner dead` shows it.
@@ -349,7 +356,7 @@ class Worker:
                      message.id, job.name)
             self._settle(delivery, [Outgoing(env, Target.JOBS, isolation.DEFER_DELAY)], counted=False)
             return
-        self._run(delivery, message, job, params, signed, cancel, watch)
+        self._run(delivery, message, job, params, signed, cancel, watch, extra_inputs)
 
     def _admit(self, job_id: str, suspect: bool) -> bool:
         """May the job start now (called with the lock held)?  A suspect waits to run alone."""
@@ -368,6 +375,7 @@ class Worker:
     def _run(
         self, delivery: Delivery, message: JobMessage, job: JobType, params: dict[str, Any],
         signed: Signed | None, cancel: threading.Event, watch: Any,
+        extra_inputs: tuple[FileData, ...] = (),
     ) -> None:
         """Run an admitted job in a slot, publish its outcome and settle its delivery."""
         env = delivery.envelope
@@ -382,6 +390,7 @@ class Worker:
                     slot=slot, on_progress=self._progress_reporter(job, message, env),
                     shared=Path(self.settings.shared_storage) if self.settings.shared_storage else None,
                     warm=self.warm,
+                    extra_inputs=extra_inputs,
                 )
             except MessageError as exc:
                 # An input on shared storage that differs from the (signed) message: never run.
@@ -420,8 +429,12 @@ class Worker:
 
     def _decode(
         self, delivery: Delivery
-    ) -> tuple[JobMessage, JobType, dict[str, Any], Signed | None] | None:
-        """Verify, decode and validate; a message that fails is dead-lettered (``None``)."""
+    ) -> tuple[JobMessage, JobType, dict[str, Any], Signed | None, tuple[FileData, ...]] | None:
+        """Verify, decode and validate; a message that fails is dead-lettered (``None``).
+
+        A group callback also gets its members' results (``members.json``, their outputs) as
+        extra inputs; a second copy of a callback that ran already is dropped (``None``).
+        """
         env = delivery.envelope
         signed: Signed | None = None
         try:
@@ -434,6 +447,13 @@ class Worker:
                 signed = self.verifier.verify(env, _attempt_of(env))
             message = JobMessage.from_envelope(env)
             job = self._jobs.get(message.job) or self.plugins.jobs.get(message.job)
+            prepared = self.results.prepare(message, job)
+            if prepared is None:
+                log.info("job %s %s ran already (a second copy of a callback): dropped",
+                         message.id, message.job)
+                self._settle(delivery, [])
+                return None
+            message, extra_inputs = prepared
             params = job.validate(message.params, message.files)
             allowed = policy_for(job.retry, message.options.retries).attempts
             if message.attempt > allowed:
@@ -441,7 +461,11 @@ class Worker:
         except (MessageError, JobError) as exc:
             self._reject_unrunnable(delivery, str(exc))
             return None
-        return message, job, params, signed
+        except StoreError as exc:
+            log.warning("job %s: the result store is not available (%s); later", env.message_id, exc)
+            self._settle(delivery, (), requeue=True)
+            return None
+        return message, job, params, signed, extra_inputs
 
     def _progress_reporter(
         self, job: JobType, message: JobMessage, env: Envelope
@@ -478,6 +502,9 @@ class Worker:
         result = replace(attempt.result, history=history)
         if attempt.verdict is Verdict.SUCCEEDED:
             out = [Outgoing(result.to_envelope(reply_to), Target.REPLY)] if reply_to else []
+            if not self.results.record(message, result):  # stored before the ack, or no ack
+                self._settle(delivery, (), requeue=True)
+                return False
             if self._settle(delivery, out):
                 log.info("job %s %s attempt %d succeeded in %.2fs",
                          message.id, job.name, message.attempt, result.duration)
@@ -504,6 +531,9 @@ class Worker:
         out = [Outgoing(dead_envelope(delivery.envelope, reason, result), Target.DEAD)]
         if reply_to:
             out.append(Outgoing(result.to_envelope(reply_to), Target.REPLY))
+        if not self.results.record(message, result):
+            self._settle(delivery, (), requeue=True)
+            return False
         if self._settle(delivery, out):
             self.plugins.job_failed(job, message, result, True, self)
             self.plugins.job_dead(job, message, reason, result, self)
@@ -562,6 +592,9 @@ class Worker:
                 attempts=message.attempt - 1, error="revoked", worker=self.name,
             )
             out.append(Outgoing(result.to_envelope(delivery.envelope.reply_to), Target.REPLY))
+        if not self.results.record_unrunnable(delivery.envelope, "revoked", True):  # in its group
+            self._settle(delivery, (), requeue=True)
+            return
         self._settle(delivery, out)
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
@@ -575,6 +608,9 @@ class Worker:
                 error=reason, worker=self.name,
             )
             out.append(Outgoing(failed.to_envelope(env.reply_to), Target.REPLY))
+        if not self.results.record_unrunnable(env, reason, _verified(self.verifier, env)):
+            self._settle(delivery, (), requeue=True)
+            return
         if self._settle(delivery, out):
             try:
                 message: JobMessage | None = JobMessage.from_envelope(env)
@@ -616,6 +652,17 @@ class Worker:
             if watch is not None:
                 watch.settled = True
         return True
+
+
+def _verified(verifier: Verifier | None, env: Envelope) -> bool:
+    """Whether a message is the submitter's own (always, with signing off)."""
+    if verifier is None:
+        return True
+    try:
+        verifier.verify(env, _attempt_of(env))
+    except RunnerError:
+        return False
+    return True
 
 
 def _attempt_of(env: Envelope) -> int:

@@ -23,6 +23,7 @@ ROOT = TESTS.parent
 AMQP_URL = os.environ.get("RUNNER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # Spools, event leftovers and default files of this run stay with it, not in the user's data.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="runner-test-data-")
+POSTGRES_URL = os.environ.get("RUNNER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Job processes (child interpreters) import the test job types from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p
@@ -38,6 +39,32 @@ def amqp_url() -> str:
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"RabbitMQ is required at {AMQP_URL} and is not reachable: {exc}")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of its own on the real PostgreSQL for this test run, dropped after.
+
+    Its absence is a failure, never a skip (``.ci/setup`` starts it).
+    """
+    import uuid
+
+    try:
+        import psycopg
+    except ImportError:
+        pytest.fail("psycopg is required for the PostgreSQL result store: pip install -e '.[test]'")
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is required at {POSTGRES_URL} and is not reachable: {exc}")
+    name = f"runner_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,29 @@ def hang_in_a_hook(message):
     # A plugin hook that never returns (tests/test_worker_log.py): its slot can never end.
     if message.params.get("seconds") == "hang-in-hook":
         time.sleep(3600)
+def collect(ctx: JobContext, label: str) -> dict:
+    """A group callback: what it was handed (members.json and the members' output files)."""
+    import json
+
+    listing = json.loads((ctx.in_dir / "members.json").read_text())
+    texts = [(ctx.in_dir / name).read_text() for m in listing["members"] for name in m["outputs"]]
+    (ctx.out_dir / "collected.txt").write_text("\n".join(texts))
+    return {"label": label, "group": listing["group"], "texts": texts,
+            "members": [[m["id"], m["status"], m["error"]] for m in listing["members"]],
+            "values": [m["value"] for m in listing["members"]]}
+
+
+def shout_file(ctx: JobContext, text_file: str) -> str:
+    from pathlib import Path
+
+    path = Path(text_file)
+    (ctx.out_dir / f"loud-{path.name}").write_text(path.read_text().upper() + "!")
+    return path.name
+
+
+@hookimpl(specname="register_jobs")
+def register_groups(register):
+    register(JobType(name="collect", help="Collect a group's members.", function="jobs_plugin:collect",
+                     params=[click.Option(["--label"], default="")], retry=FAST))
+    register(JobType(name="shout-file", help="Upper-case a text file.", function="jobs_plugin:shout_file",
+                     params=[click.Argument(["text_file"])], inputs=("text_file",), retry=FAST))

@@ -109,7 +109,7 @@ def test_job_help_is_generated_from_its_parameters(cli):
 def test_plugins_and_config(cli, amqp_url):
     plugins = json.loads(cli("plugins", "--json").stdout)["plugins"]
     assert {"name": "media", "package": "runner", "version": "0.1.0",
-            "jobs": ["convert", "resize", "thumbnails"]} in plugins
+            "jobs": ["contact-sheet", "convert", "resize", "thumbnails"]} in plugins
     config = json.loads(cli("config", "--json").stdout)
     assert config["broker_url"] == {"value": redact_url(amqp_url), "source": "env RUNNER_BROKER_URL"}
     assert config["concurrency"]["source"] == "default"

@@ -132,8 +132,8 @@ def test_without_imagemagick_convert_is_not_registered_and_plugins_says_why(tmp_
     # When the plugins load
     plugins = make_plugins(load=["media"], settings=settings)
 
-    # Then resize and thumbnails are there, convert is not, and one line says why
-    assert [j.name for j in plugins.jobs] == ["resize", "thumbnails"]
+    # Then the Pillow jobs are there, convert is not, and one line says why
+    assert [j.name for j in plugins.jobs] == ["contact-sheet", "resize", "thumbnails"]
     assert len(plugins.errors) == 1 and "\n" not in plugins.errors[0]
     assert "job 'convert' not registered" in plugins.errors[0]
     assert "binary = '/usr/bin/no-such-magick': not installed" in plugins.errors[0]

@@ -68,7 +68,7 @@ def test_the_cli_shows_one_red_line_and_keeps_working(site):
     listed = cli(site, "plugins")
     assert listed.returncode == 0
     assert "good 1.0 (runner-good-demo): goodjob" in listed.stdout
-    assert "media 0.1.0 (runner): convert, resize, thumbnails" in listed.stdout
+    assert "media 0.1.0 (runner): contact-sheet, convert, resize, thumbnails" in listed.stdout
     # Every line on stderr is that one error (the core logs it and prints it in red)
     lines = listed.stderr.strip().splitlines()
     assert f"plugin error: {BROKEN_ERROR}" in lines and all(BROKEN_ERROR in line for line in lines)

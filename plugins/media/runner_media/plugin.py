@@ -20,7 +20,7 @@ from runner_media.geometry import GRAVITIES, MAX_SIZES, MODES, parse_size, parse
 # Nothing here imports Pillow (runner_media.thumbnails, resize, color do): only the job
 # processes need it, and every process that loads the plugins would pay for it.
 
-__all__ = ["RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
+__all__ = ["CONTACT_SHEET", "RESIZE", "THUMBNAILS", "convert_job", "register_jobs"]
 
 
 class SizeType(click.ParamType):
@@ -127,6 +127,32 @@ THUMBNAILS = JobType(
 )
 
 
+CONTACT_SHEET = JobType(
+    name="contact-sheet",
+    help=(
+        "A group's images in a labelled grid, as one image: run it as a group's callback "
+        "(runner submit thumbnails photos/*.jpg --then contact-sheet). Failed members show as "
+        "grey tiles labelled with their error. Writes contact-sheet.<ext>."
+    ),
+    params=(
+        click.Option(["--tile"], type=SizeType(), default="200x200", show_default=True,
+                     help="Box each image is fitted into, WIDTHxHEIGHT (each side at most 1000)."),
+        click.Option(["--columns"], type=click.IntRange(0, 100), default=0,
+                     help="Tiles per row [default: a square grid]."),
+        click.Option(["--title"], default="", help="A line of text above the grid."),
+        click.Option(["--format"], type=click.Choice(("jpeg", "png", "webp")), default="jpeg",
+                     show_default=True, help="Output format."),
+        click.Option(["--quality"], type=click.IntRange(1, 100), default=85, show_default=True,
+                     help="JPEG/WebP quality."),
+    ),
+    function="runner_media.contact:contact_sheet",
+    timeout=300.0,
+    retry=RESIZE.retry,
+    route="default",
+    sandbox=RESIZE.sandbox,
+)
+
+
 def convert_job(found: magick.ImageMagick) -> JobType:
     """The ``convert`` job type, running the ImageMagick ``found`` at registration."""
     radius = click.FloatRange(0, convert.MAX_RADIUS, min_open=True)
@@ -184,6 +210,7 @@ def register_jobs(register: Any, settings: Any) -> None:
     """
     register(RESIZE)
     register(THUMBNAILS)
+    register(CONTACT_SHEET)
     table = settings.jobs.get("convert", {}) if settings is not None else {}
     try:
         found = magick.find(table.get("binary"))

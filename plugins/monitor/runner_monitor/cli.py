@@ -70,6 +70,7 @@ def monitor(
     admin_token: tuple[str, ...], read_token: tuple[str, ...],
 ) -> None:
     """Record job and worker events; serve a live dashboard, a JSON API and /metrics."""
+    from runner import store_url
     from runner.signing import signer_from_settings
     from runner_monitor.service import Monitor
 
@@ -84,7 +85,7 @@ def monitor(
         broker_url=settings.broker_url, db=path, listen=listen, retention=retention,
         queue=queue, auth=Auth(admin_token, read_token), allow_remote=allow_remote,
         signer=signer_from_settings(settings.signing, settings.base_dir("signing")),
-        on_ready=ready,
+        on_ready=ready, results_url=store_url(settings),
     ).serve()
 
 

@@ -179,6 +179,7 @@ class Monitor:
     depth_every: float = 5.0
     signer: Any = None
     on_ready: Callable[[str], None] | None = None
+    results_url: str | None = None  # the result store: finished jobs' outputs, groups
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -205,10 +206,14 @@ class Monitor:
                 "pip install 'runner[monitor]'"
             ) from exc
 
+        from runner import open_store
+        from runner_monitor.stored import Stored
+
+        stored = Stored(open_store(self.results_url) if self.results_url else None)
         app = create_app(
             self.history, self.auth, Actions(self.broker_url, self.history, signer=self.signer),
             self.stopping,
-            loopback_only=is_loopback(self.host),
+            loopback_only=is_loopback(self.host), stored=stored,
         )
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, timeout_graceful_shutdown=2,
@@ -226,6 +231,7 @@ class Monitor:
             self.stopping.set()
             self.collector.stop()
             self.history.close()
+            stored.close()
             sock.close()
 
     def _bind(self) -> socket.socket:

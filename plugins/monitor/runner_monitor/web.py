@@ -31,6 +31,7 @@ from runner.errors import RunnerError, UnroutableError
 from runner_monitor import metrics
 from runner_monitor.auth import ADMIN, COOKIE, Auth, can_post
 from runner_monitor.history import History
+from runner_monitor.stored import Stored
 
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -45,8 +46,10 @@ class _Denied(Exception):
 
 def create_app(
     history: History, auth: Auth, actions: Any, stopping: threading.Event,
-    loopback_only: bool = True,
+    loopback_only: bool = True, stored: Stored | None = None,
 ) -> ASGIApp:
+    stored = stored or Stored(None)
+
     def role(request: Request, need: str | None = None) -> str:
         token, how = auth.credentials(request.headers, request.cookies)
         found = auth.role_of(token)
@@ -127,6 +130,26 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status)
         return JSONResponse(done)
 
+    def result(request: Request, who: str) -> Response:
+        found = stored.result(request.path_params["job_id"])
+        if found is None:
+            return JSONResponse({"error": "no result in the result store (unknown, not "
+                                          "finished, expired, or no store)"}, 404)
+        return JSONResponse(found)
+
+    def output(request: Request, who: str) -> Response:
+        found = stored.output(request.path_params["job_id"], request.path_params["index"])
+        if found is None:
+            return JSONResponse({"error": "no such output in the result store"}, 404)
+        data, headers = found
+        return Response(data, headers=headers, media_type=headers.pop("Content-Type"))
+
+    def group(request: Request, who: str) -> Response:
+        found = stored.group(request.path_params["group_id"])
+        if found is None:
+            return JSONResponse({"error": "no such group in the result store"}, 404)
+        return JSONResponse(found)
+
     def workers(request: Request, who: str) -> Response:
         return JSONResponse({"workers": history.workers()})
 
@@ -168,6 +191,9 @@ def create_app(
         Route("/api/jobs", guarded(jobs)),
         Route("/api/jobs/{job_id}", guarded(job)),
         Route("/api/jobs/{job_id}/retry", guarded(retry, ADMIN), methods=["POST"]),
+        Route("/api/results/{job_id}", guarded(result)),
+        Route("/api/results/{job_id}/outputs/{index:int}", guarded(output)),
+        Route("/api/groups/{group_id}", guarded(group)),
         Route("/api/workers", guarded(workers)),
         Route("/api/queues", guarded(queues)),
         Route("/api/stream", guarded(stream)),

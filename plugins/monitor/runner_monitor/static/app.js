@@ -1,5 +1,5 @@
 // runner monitor: a small vanilla-JS dashboard over /api. No build step.
-// Views by location hash: #/jobs?state=..., #/job/<id>, #/workers, #/queues.
+// Views by location hash: #/jobs?state=..., #/job/<id>, #/group/<id>, #/workers, #/queues.
 // Live updates: server-sent events (/api/stream) say "something changed"; the current view is
 // fetched again. If EventSource is missing or keeps failing, the page polls instead.
 "use strict";
@@ -138,10 +138,61 @@ async function retry(id, button, note) {
   }
 }
 
+// What the result store kept of a finished job: its outputs (images as previews), its group.
+function storedSection(id, r) {
+  const links = [];
+  if (r.group) links.push(h("p", {id: "member-of"}, "member of group ",
+    h("a", {href: `#/group/${r.group}`, class: "mono"}, shortId(r.group))));
+  if (r.callback_of) links.push(h("p", {id: "callback-of"}, "callback of group ",
+    h("a", {href: `#/group/${r.callback_of}`, class: "mono"}, shortId(r.callback_of))));
+  const items = r.outputs.map((o) => {
+    const url = `/api/results/${encodeURIComponent(id)}/outputs/${o.index}`;
+    return h("li", {class: "output"},
+      o.image ? h("a", {href: url, target: "_blank", rel: "noopener"},
+        h("img", {class: "preview", src: url, alt: o.name})) : null,
+      o.shared ? h("span", {class: "mono"}, o.name)
+        : h("a", {href: url, class: "mono", download: o.image ? null : o.name}, o.name),
+      ` ${bytes(o.size)}`,
+      o.shared ? h("span", {class: "muted"}, " (on shared storage: runner result ID --output-dir DIR)") : null);
+  });
+  return section("Stored result", ...links,
+    h("p", {}, badge(r.status), " kept in the result store"),
+    items.length ? h("ul", {id: "stored-outputs", class: "outputs"}, items) : h("p", {class: "muted"}, "no output files"));
+}
+
+async function groupView(id) {
+  let g;
+  try { g = await api(`/api/groups/${encodeURIComponent(id)}`); }
+  catch (e) { return [h("p", {class: "muted"}, `Group ${id}: ${e.message}`)]; }
+  const cb = g.callback;
+  const rows = g.members.map((m, i) => h("tr", {"data-id": m.id},
+    h("td", {class: "num"}, i + 1), h("td", {class: "mono"}, h("a", {href: `#/job/${m.id}`}, shortId(m.id))),
+    h("td", {}, m.job), h("td", {}, badge(m.status)), h("td", {class: "error"}, m.error || "")));
+  return [
+    h("p", {class: "crumbs"}, h("a", {href: "#/jobs"}, "← jobs")),
+    h("h2", {}, "Group ", h("span", {class: "mono id"}, g.id), " ", h("span", {id: "group-state"}, badge(g.status))),
+    h("p", {id: "group-counts"}, `${g.succeeded} succeeded, ${g.failed} failed, ${g.pending} pending of ${g.total}` +
+      ` (on failure: ${g.on_failure})`),
+    cb ? section("Callback", h("p", {id: "group-callback"},
+      h("a", {href: `#/job/${cb.id}`, class: "mono"}, cb.id), " ", badge(cb.status),
+      cb.error ? h("span", {class: "error"}, ` ${cb.error}`) : "")) : null,
+    section("Members", h("table", {id: "group-members"},
+      h("thead", {}, h("tr", {}, ["#", "id", "type", "status", "error"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows))),
+  ];
+}
+
 async function jobView(id) {
-  let j;
+  let j, stored = null;
+  try { stored = await api(`/api/results/${encodeURIComponent(id)}`); } catch (e) { stored = null; }
   try { j = await api(`/api/jobs/${encodeURIComponent(id)}`); }
-  catch (e) { return [h("p", {class: "muted"}, `Job ${id}: ${e.message}`)]; }
+  catch (e) {
+    if (!stored) return [h("p", {class: "muted"}, `Job ${id}: ${e.message}`)];
+    return [h("p", {class: "crumbs"}, h("a", {href: "#/jobs"}, "← jobs")),
+      h("h2", {}, stored.job, " ", h("span", {class: "mono id"}, id), " ", h("span", {id: "job-state"}, badge(stored.status))),
+      stored.error ? section("Error", h("p", {id: "error", class: "error"}, stored.error)) : null,
+      storedSection(id, stored)];
+  }
   const note = h("span", {id: "retry-note", class: "note"});
   const button = j.retryable ? h("button", {id: "retry", class: "retry"}, "Retry") : null;
   if (button) button.addEventListener("click", () => retry(j.id, button, note));
@@ -166,6 +217,7 @@ async function jobView(id) {
     out.push(section("Outputs", h("ul", {id: "outputs"},
       j.outputs.map((o) => h("li", {}, h("span", {class: "mono"}, o.name), ` ${bytes(o.size)}`)))));
   }
+  if (stored) out.push(storedSection(id, stored));
   if (j.value !== null && j.value !== undefined) out.push(section("Value", pre("value", JSON.stringify(j.value, null, 2))));
   out.push(section("Attempts", h("table", {id: "attempts"},
     h("thead", {}, h("tr", {}, ["#", "outcome", "worker", "finished", "duration", "exit", "error"].map((c) => h("th", {}, c)))),
@@ -217,10 +269,11 @@ async function render() {
   const {parts, params} = route();
   const view = parts[0] || "jobs";
   document.querySelectorAll("nav a[data-nav]").forEach((a) =>
-    a.classList.toggle("on", a.dataset.nav === (view === "job" ? "jobs" : view)));
+    a.classList.toggle("on", a.dataset.nav === (view === "job" || view === "group" ? "jobs" : view)));
   let content;
   try {
     if (view === "job" && parts[1]) content = await jobView(decodeURIComponent(parts[1]));
+    else if (view === "group" && parts[1]) content = await groupView(decodeURIComponent(parts[1]));
     else if (view === "workers") content = await workersView();
     else if (view === "queues") content = await queuesView();
     else content = await jobsView(params);
