@@ -15,8 +15,11 @@ def test_wheel_builds_quietly_with_the_dashboard_files(tmp_path):
     # Given a copy of the source (an in-tree build would leave build/ in the checkout, and
     # a stale build/ would put modules that no longer exist into the wheel)
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", "results", "tests", "docs"))
+    def skipped(directory: str, names: list[str]) -> set[str]:
+        top = {".git", "build", "tests", "docs", "bench"} if Path(directory) == ROOT else set()
+        return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(ROOT, source, ignore=skipped)
     # When the project is built the way pip installs it
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",

@@ -176,7 +176,8 @@ def test_dead_list_shows_a_dead_letter_whose_timestamp_is_not_a_time(box, tmp_pa
     # When the dead letters are listed and shown
     listed = cli(box, "dead", "list", "--json")
     shown = cli(box, "dead", "show", "odd-1", "--json")
-    # Then the command works, and says it does not know when the job was submitted
+    # Then the command works, and says the time it was given is not one
     assert listed.returncode == 0, listed.stderr
-    assert [(d["id"], d["submitted"]) for d in json.loads(listed.stdout)] == [("odd-1", None)]
+    assert [(d["id"], d["submitted"]) for d in json.loads(listed.stdout)] == [
+        ("odd-1", "invalid timestamp 1700000000000")]
     assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == "odd-1"

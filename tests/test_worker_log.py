@@ -37,13 +37,18 @@ def test_the_job_directories_of_a_killed_worker_are_removed_by_the_next(client, 
     # Given a worker killed while its job runs, leaving the job's directory behind
     a = worker_process(queue, [f"{route}.#"])
     handle = client.submit("sleeper", {"seconds": 30}, route=route, wait=True)
-    left = Path(tmp_path / "work" / f"{socket.gethostname()}.{a.proc.pid}")
+    work = Path(tmp_path / "work")
+
+    def roots_of(pid: int) -> list[Path]:  # a worker's root: <host>.<pid>-<random>
+        return list(work.glob(f"{socket.gethostname()}.{pid}-*")) if work.exists() else []
+
     a.wait_for_log(f"job {handle.id} sleeper attempt 1 started")
-    wait_until(lambda: left.exists() and any(left.iterdir()), 10, "the job's directory")
+    wait_until(lambda: any(r.is_dir() and any(r.iterdir()) for r in roots_of(a.proc.pid)), 10,
+               "the job's directory")
     a.stop(signal.SIGKILL)
     # When the next worker starts on the box, the directory goes
     worker_process(queue, [f"{route}.#"])
-    wait_until(lambda: not left.exists(), 30, "the dead worker's job directory to be removed")
+    wait_until(lambda: not roots_of(a.proc.pid), 30, "the dead worker's job directory to be removed")
 
 
 def test_a_slot_that_never_ends_does_not_keep_the_worker_from_stopping(client, worker_process, route, cleanup_queues):

@@ -18,7 +18,7 @@ from pathlib import Path
 from runner.jobs import SandboxProfile
 from runner.sandbox import reaper
 from runner.sandbox.chain import Jail, Launch
-from runner.sandbox.run import job_environment, tail
+from runner.sandbox.run import job_environment, liveness_fd, tail
 
 HOST_SCRIPT = str(Path(__file__).resolve().with_name("host.py"))
 RUNNER_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -109,7 +109,9 @@ class HostProcess:
                 proc = reaper.spawn(
                     lambda: subprocess.Popen(  # noqa: S603 - argv list, never a shell
                         launch.argv, cwd=jobs_dir, env=job_environment(jobs_dir),
-                        stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                        # The chain's last link checks the worker still lives (ALIVE_CHECK):
+                        # like a cold job, the host starts only if it does.
+                        stdin=liveness_fd(), stdout=out, stderr=out, start_new_session=True,
                         close_fds=True, pass_fds=(theirs.fileno(), *launch.pass_fds),
                     ),
                     lambda p: p.pid,
