@@ -491,3 +491,38 @@ def test_progress_is_kept_in_the_history(tmp_path):
     # And a new attempt starts with none
     history.record([ev.new_event("job.started", origin, 4, **{**fields, "attempt": 2})])
     assert history.job("j1")["progress"] is None
+
+
+def test_events_wait_for_a_broker_that_comes_back(tmp_path):
+    # Given a worker's event channel whose broker refuses the first three connections
+    class Flaky:
+        name, queue, bindings, concurrency, processed = "w-flaky", "q", ("q.#",), 1, 0
+        settings = settings_for(f"sqlite:///{tmp_path / 'x.sqlite3'}", "q")
+
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with connect(url) as broker:
+        broker.declare_event_queue("monitor")
+    tries = []
+
+    def opener(_: str) -> Broker:
+        tries.append(time.monotonic())
+        if len(tries) <= 3:
+            raise BrokerError("connection refused")
+        return connect(url)
+
+    worker = Flaky()
+    out = WorkerEvents(worker, heartbeat=60, buffer=50, opener=opener,
+                       spool=leftovers.spool_for(url, tmp_path / "spool"))
+    out.start()
+    # When it emits an event
+    out.emit("job.started", job="echo", job_id="j1")
+    # Then it is published once the broker is back, after waits that grow (0.5 s, 1 s, 2 s)
+    reader = Reader(url, "monitor")
+    try:
+        got = reader.wait_until(lambda got: any(b'"j1"' in e.body for e in got))
+    finally:
+        reader.close()
+    assert len(tries) == 4 and len(got) >= 1
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.9 and gaps[2] >= 1.8, gaps
+    assert out.dropped == 0
