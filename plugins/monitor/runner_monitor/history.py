@@ -270,6 +270,15 @@ class History:
     def queue_names(self) -> list[str]:
         return [r["name"] for r in self._rows("SELECT name FROM queues ORDER BY name")]
 
+    def outcomes(self, since: float) -> list[dict[str, Any]]:
+        """Attempts that ended since ``since``: ``ts``, ``event`` (``job.succeeded``,
+        ``job.failed``, ``job.dead``), ``job`` and ``duration``, oldest first (for charts)."""
+        return self._rows(
+            "SELECT ts, event, json_extract(body, '$.job') AS job, "
+            "json_extract(body, '$.duration') AS duration FROM events "
+            "WHERE ts >= ? AND event IN ('job.succeeded', 'job.failed', 'job.dead') ORDER BY ts",
+            (since,))
+
     def counters(self) -> dict[str, Any]:
         """Cumulative numbers for ``/metrics``."""
         return {
