@@ -28,6 +28,7 @@ _EXPORTS = {
     "parse_duration": "runner.config",
     "parse_size": "runner.config",
     "redact_url": "runner.config",
+    "Notifier": "runner.systemd",
     "hookimpl": "runner.hookspecs",
     "describe_group": "runner.results",
     "open_store": "runner.results",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     )
     from runner.hookspecs import hookimpl
     from runner.jobs import JobType, RetryPolicy, SandboxProfile
+    from runner.systemd import Notifier
     from runner.results import describe_group, open_store, store_url
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +21,7 @@ import click
 from runner.cli_jobs import App, JobsGroup
 from runner.config import redact
 from runner.errors import BrokerError, RunnerError
+from runner.systemd import Notifier
 
 EXIT_ERROR = 3
 pass_app = click.make_pass_decorator(App)
@@ -107,8 +109,16 @@ def worker(
     for err in plugins.errors:
         click.secho(f"plugin error: {err}", fg="red", err=True)
     w = Worker(connect(settings.broker_url, **_broker_options(settings)), plugins, settings)
+    notify = Notifier()
+
+    def stop(*_: Any) -> None:
+        notify.stopping()
+        w.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: w.stop())
+        signal.signal(sig, stop)
+    if notify.active:
+        threading.Thread(target=_announce, args=(w, notify), name="sd-notify", daemon=True).start()
     try:
         w.run()
     except BrokerError as exc:
@@ -120,6 +130,16 @@ def worker(
         # Slot threads that would not end must not hold the process open (exit joins them).
         logging.shutdown()
         os._exit(1)
+
+
+def _announce(w: Any, notify: Notifier) -> None:
+    """READY once the worker consumes (its queue declared and bound), then watchdog pings for
+    as long as it does."""
+    while not w.stopped.is_set():
+        if w.ready.wait(0.5):
+            notify.ready(f"consuming queue {w.queue} with {w.concurrency} slots")
+            notify.keep_alive(lambda: w.ready.is_set() and not w.stopped.is_set())
+            return
 
 
 def _broker_options(settings: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from runner.cli_jobs import App
+from runner.systemd import Notifier
 
 pass_app = click.make_pass_decorator(App)
 
@@ -38,8 +39,17 @@ def beat(app: App, as_list: bool, as_json: bool, once: bool) -> None:
         client.submit(spec.job, spec.params, route=spec.route, job_id=job_id)
 
     runner_beat = Beat(client.broker, submit, specs)
+    notify = Notifier()
+
+    def stop(*_: Any) -> None:
+        notify.stopping()
+        runner_beat.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: runner_beat.stop())
+        signal.signal(sig, stop)
+    if not once:
+        notify.ready(f"{len(specs)} schedule(s); one beat process leads")
+        notify.keep_alive(lambda: not runner_beat.stopping.is_set())
     with client:
         runner_beat.run(once=once)
 

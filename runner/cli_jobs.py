@@ -16,6 +16,7 @@ import click
 
 from runner.config import parse_duration
 from runner.errors import RunnerError
+from runner.context import PROGRESS_MARKER
 from runner.jobs import JobType
 from runner.message import JobResult
 from runner.untrusted import printable
@@ -72,6 +73,8 @@ COMMON_OPTIONS = [
     click.Option(["--overwrite", "opt_overwrite"], is_flag=True, help="Replace existing files with outputs (never an input)."),
     click.Option(["--webhook", "opt_webhook"], help="POST the final result (signed) to this URL."),
     click.Option(["--json", "opt_json"], is_flag=True, help="Print machine-readable JSON."),
+    click.Option(["--quiet", "-q", "opt_quiet"], is_flag=True,
+                 help="With --wait: do not print the job's standard output and error."),
     click.Option(["--then", "opt_then"], metavar="JOB",
                  help="Run JOB once every job submitted here has ended, with their results (a group)."),
     click.Option(["--then-param", "opt_then_param"], multiple=True, metavar="KEY=VALUE",
@@ -174,9 +177,14 @@ def job_command(job: JobType, local: bool) -> click.Command:
 
 
 def print_result(
-    result: JobResult, written: list[Path], as_json: bool, debug: bool = False
+    result: JobResult, written: list[Path], as_json: bool, debug: bool = False,
+    quiet: bool = True,
 ) -> None:
-    """One line for a person (the job's traceback too with --debug), or JSON for a program."""
+    """One line for a person (the job's traceback too with --debug), or JSON for a program.
+
+    Unless ``quiet``, the job's own standard output and error (their tails, as the worker
+    kept them) come first, on ours, as ``docker run`` shows a container's.
+    """
     if as_json:
         record = result.to_json()
         record["outputs"] = [str(p) for p in written]
@@ -184,6 +192,12 @@ def print_result(
         return
     # Everything below but our own words came from the job (or the worker): no control
     # characters reach the terminal.
+    if not quiet:
+        shown = "\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(PROGRESS_MARKER))
+        if shown.strip():
+            click.echo(printable(shown.rstrip("\n")))
+        if result.stderr.strip():
+            click.echo(printable(result.stderr.rstrip("\n")), err=True)
     if result.ok:
         names = ", ".join(printable(p, False) for p in written) or "no output files"
         click.echo(
@@ -196,8 +210,9 @@ def print_result(
             f"{result.attempts} attempt(s): {printable(result.error, False)}",
             fg="red", err=True,
         )
-        if debug and (result.traceback or result.stderr.strip()):
-            click.echo(printable((result.traceback or result.stderr).rstrip()[-4000:]), err=True)
+        detail = result.traceback or (result.stderr.strip() if quiet else "")
+        if debug and detail:
+            click.echo(printable(detail.rstrip()[-4000:]), err=True)
 
 
 class App:

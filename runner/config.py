@@ -70,7 +70,7 @@ class Settings:
     def base_dir(self, key: str) -> Path:
         """Where relative paths of setting ``key`` start: its config file's directory, or cwd."""
         source = self.sources.get(key, "")
-        if source and source not in ("default", "flag") and not source.startswith("env "):
+        if source and source not in ("default", "flag") and not source.startswith(("env ", "file ")):
             return Path(source).parent
         return Path.cwd()
 
@@ -105,9 +105,17 @@ def load(
 
     for key in _SETTING_NAMES:
         env_name = ENV_PREFIX + key.upper()
-        if key not in _TABLES and env_name in environ:
+        if key in _TABLES:
+            continue
+        if env_name in environ:
             values[key] = _convert(key, environ[env_name], env_name)
             sources[key] = f"env {env_name}"
+        elif env_name + "_FILE" in environ:
+            # A secret kept out of the environment: systemd's LoadCredential= (%d/NAME), a
+            # container secret, or any file only the service user may read.
+            values[key] = _convert(key, _read_secret(environ[env_name + "_FILE"], env_name + "_FILE"),
+                                   env_name + "_FILE")
+            sources[key] = f"file {env_name}_FILE"
 
     for table_name, key in sorted(_TABLE_ENV):
         env_name = f"{ENV_PREFIX}{table_name.upper()}_{key.upper()}"
@@ -131,6 +139,13 @@ def load(
     settings = Settings(**values)
     _check(settings)
     return replace(settings, sources=sources)
+
+
+def _read_secret(path: str, where: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _find_file(environ: Mapping[str, str], cwd: Path) -> tuple[Path | None, dict[str, Any]]:

@@ -173,7 +173,9 @@ def _attempt(
             path = ctx.in_dir / f.name
             _place(f, path, shared, owner)
             args[name] = str(path)
-    timeout = message.options.timeout or job.timeout
+    # A submitter may ask for less time than the job type (as the operator tightened it with
+    # ``[jobs.NAME.sandbox] timeout``) allows, never more: the operator's cap wins.
+    timeout = job.timeout if message.options.timeout is None else min(message.options.timeout, job.timeout)
     env = sandbox.job_environment(ctx.tmp_dir)
     progress = None
     if on_progress is not None:

@@ -96,6 +96,21 @@ def job_dead(
 
 
 @hookspec
+def job_released(job: JobType, message: JobMessage, reason: str, worker: Any) -> None:
+    """A running attempt was stopped without an outcome and its message went back to the queue
+    (``reason``: a stopping worker's grace ran out, or ``runner revoke --terminate``).  The job
+    is not over: a worker takes it again, or drops it if it was revoked (:func:`job_revoked`)."""
+
+
+@hookspec
+def job_revoked(job: JobType | None, message: JobMessage, worker: Any) -> None:
+    """A revoked job was dropped without running (``runner revoke``): its final state.
+
+    ``job`` is ``None`` when the message names no job type this worker knows.
+    """
+
+
+@hookspec
 def worker_started(worker: Any) -> None:
     """A worker is consuming; ``worker`` exposes ``name``, ``queue``, ``bindings``."""
 

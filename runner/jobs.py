@@ -25,7 +25,7 @@ ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 RESERVED_FLAGS = frozenset(
     {"--route", "--wait", "--timeout", "--retries", "--delay", "--priority", "--json",
      "--output-dir", "--overwrite", "--wait-timeout", "--webhook", "--help", "--then",
-     "--then-param", "--then-on-failure"}
+     "--then-param", "--then-on-failure", "--quiet", "-q"}
 )
 
 

@@ -71,7 +71,7 @@ def _submit_and_report(client: Client, job: JobType, params: dict[str, Any],
     except OutputRefused as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         return EXIT_FAILED
-    print_result(result, written, bool(options.get("json")), debug)
+    print_result(result, written, bool(options.get("json")), debug, quiet=bool(options.get("quiet")))
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -117,6 +117,12 @@ class Plugins:
             "job_retrying", job=job, message=message, result=result, delay=delay, worker=worker
         )
 
+    def job_released(self, job: JobType, message: JobMessage, reason: str, worker: Any) -> None:
+        self._observe("job_released", job=job, message=message, reason=reason, worker=worker)
+
+    def job_revoked(self, job: JobType | None, message: JobMessage, worker: Any) -> None:
+        self._observe("job_revoked", job=job, message=message, worker=worker)
+
     def job_dead(
         self,
         job: JobType | None,

@@ -488,6 +488,8 @@ class Worker:
                     self.handed_back += 1
                 log.info("job %s %s attempt %d stopped and handed back to the queue",
                          message.id, job.name, message.attempt)
+                reason = "revoked" if self.is_revoked(message.id) else "the worker stopped"
+                self.plugins.job_released(job, message, reason, self)
             return False
         entry = {
             "attempt": message.attempt,
@@ -595,7 +597,8 @@ class Worker:
         if not self.results.record_unrunnable(delivery.envelope, "revoked", True):  # in its group
             self._settle(delivery, (), requeue=True)
             return
-        self._settle(delivery, out)
+        if self._settle(delivery, out):
+            self.plugins.job_revoked(self._jobs.get(message.job), message, self)
 
     def _reject_unrunnable(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a message that cannot run at all, with the reason; never run it."""

@@ -236,3 +236,19 @@ def test_dead_letters_from_foreign_publishers_are_listed(cli, amqp_url, cleanup_
             assert mine[0]["attempts"].startswith("2026")
         finally:
             assert broker.take_dead(job_id) is not None
+
+
+def test_a_command_jobs_output_is_shown_unless_quiet(cli):
+    # A command job's standard output comes first, as `docker run` shows it, then our line
+    shown = cli("run", "envdump")
+    assert "HOME=" in shown.stdout and "envdump " in shown.stdout.splitlines()[-1]
+    assert shown.stdout.index("HOME=") < shown.stdout.index("succeeded in")
+    # --quiet keeps only our line
+    quiet = cli("run", "envdump", "--quiet")
+    assert "HOME=" not in quiet.stdout and "succeeded in" in quiet.stdout
+    # A failing command's standard error is shown before the failure line
+    failing = cli("run", "exitcode", "--code", "3", check_code=1)
+    assert failing.stderr.index("failing") < failing.stderr.index("failed after")
+    # Progress lines are the progress bar's, not output
+    progress = cli("run", "stepper-sh")
+    assert "runner-progress" not in progress.stdout + progress.stderr

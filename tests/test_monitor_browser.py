@@ -277,3 +277,47 @@ def test_without_server_sent_events_the_page_polls_and_shows_busy_slots(
                                timeout=WAIT * 1000)
         assert page.evaluate("window.__loadedOnce") is True
         context.close()
+
+
+def test_the_charts_show_rates_by_outcome_and_duration_percentiles_live(
+    browser, start_monitor, client, monitor_plugins, settings_factory, route, tmp_path
+):
+    # Given a monitor, a worker, and the charts page open in a browser
+    monitor = start_monitor()
+    with running_worker(settings_factory(route), monitor_plugins, name=f"box-{route}"):
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(monitor.url + "/#/charts")
+        page.wait_for_selector("#rate-chart")
+        page.evaluate("window.__loadedOnce = true")
+
+        def total(outcome: str) -> int:
+            text = page.inner_text(f".legend span[data-series='{outcome}']")
+            return int(text.rsplit("(", 1)[1].rstrip(")"))
+
+        before = total("failed")
+        # When jobs succeed and fail
+        for n in range(3):
+            client.submit("echo", {"text": f"c{n}"}, route=route, wait=True).wait(WAIT)
+        bad = client.submit("boom", {}, route=route, wait=True).wait(WAIT, raise_on_failure=False)
+        monitor.wait_for_job(bad.id, "dead")
+        # Then, without a reload, the rate chart counts them by outcome ...
+        page.wait_for_function(
+            "n => Number(document.querySelector(\".legend span[data-series='failed']\")"
+            ".textContent.split('(').pop().replace(')', '')) >= n", arg=before + 2,
+            timeout=WAIT * 1000)
+        assert page.evaluate("window.__loadedOnce") is True, "the page was reloaded"
+        assert total("succeeded") >= 3
+        heights = page.evaluate(
+            "[...document.querySelectorAll('#rate-chart polyline')].map(p => [p.dataset.series, "
+            "Math.min(...p.getAttribute('points').split(' ').map(xy => Number(xy.split(',')[1])))])")
+        lowest = dict(heights)
+        assert set(lowest) == {"succeeded", "failed", "dead"}
+        assert lowest["succeeded"] < 150 and lowest["failed"] < 150  # a line rose off the axis
+        # ... and the duration table has the job types' median and 95th percentile
+        page.wait_for_selector("#durations tr[data-job='echo'] td.p95", timeout=WAIT * 1000)
+        row = page.inner_text("#durations tr[data-job='echo']")
+        assert "s" in page.inner_text("#durations tr[data-job='echo'] td.p50")
+        page.screenshot(path=str(tmp_path / "charts.png"), full_page=True)
+        assert "boom" in page.inner_text("#durations") and row
+    with connect(client.broker.url) as broker:
+        broker.take_dead(bad.id)

@@ -433,3 +433,96 @@ def test_runner_run_leaves_no_event_behind(tmp_path):
     names = [e.routing_key for e in got if ev.from_envelope(e)["worker"] == first]
     assert names[0] == "worker.online" and names[-1] == "worker.offline"
     assert "job.succeeded.noop" in names
+
+
+def test_a_terminated_job_ends_revoked_in_the_monitor_and_frees_its_slot(broker_url, event_queue, tmp_path):
+    from runner import control
+    from runner_monitor.history import History
+
+    # Given a worker running a long job, watched by the monitor's events
+    with connect(broker_url) as broker:
+        broker.declare_event_queue(event_queue)
+    emitter = Emitter(heartbeat=0.2)
+    plugins = make_plugins(load=[], modules=["jobs_plugin"], extra=[emitter])
+    route = unique_route()
+    settings = settings_for(broker_url, route, workdir=str(tmp_path / "work"))
+    reader = Reader(broker_url, event_queue)
+    history = History(tmp_path / "history.sqlite3")
+    try:
+        with running_worker(settings, plugins, name=f"w-{route}") as worker:
+            with Client(connect(broker_url), plugins, settings) as client:
+                long = client.submit("napper", {"seconds": "60"}, route=route)
+            reader.wait_until(lambda got: any(b"job.started" in e.body and long.id.encode() in e.body
+                                              for e in got))
+            # When it is revoked with --terminate
+            with connect(broker_url) as broker:
+                replies = control.revoke(broker, [long.id], 60.0, terminate=True, timeout=2.0)
+            assert any(long.id in (r.get("result") or {}).get("terminated", []) for r in replies)
+            got = reader.wait_until(lambda got: any(b"job.revoked" in e.body for e in got))
+            history.record(ev.from_envelope(e) for e in got)
+            # Then the monitor shows it revoked (not "started" for ever) and the slot free
+            job = history.job(long.id)
+            assert job is not None and job["state"] == "revoked"
+            assert [e["event"] for e in job["events"]][-2:] == ["job.released", "job.revoked"]
+            mine = [w for w in history.workers() if w["name"] == worker.name]
+            assert mine and mine[0]["busy"] == 0 and mine[0]["running"] in ([], "[]", None)
+    finally:
+        reader.close()
+        with connect(broker_url) as broker:
+            broker.delete_queue(settings.queue)
+
+
+def test_progress_is_kept_in_the_history(tmp_path):
+    from runner_monitor.history import History
+
+    # Given a job's events, as a worker sent them: it reported progress twice, then succeeded
+    origin = {"worker": "w1", "host": "h", "pid": 1}
+    fields = {"job_id": "j1", "job": "stepper", "attempt": 1, "route": "default"}
+    events = [ev.new_event("job.started", origin, 1, **fields),
+              ev.new_event("job.progress", origin, 2, percent=50.0, message="half", **fields),
+              ev.new_event("job.progress", origin, 3, percent=75.0, done=3, total=4, message="more", **fields)]
+    history = History(tmp_path / "history.sqlite3")
+    history.record(events)
+    # Then the job has its latest progress, and its timeline every report
+    job = history.job("j1")
+    assert job["state"] == "started"
+    assert job["progress"] == {"percent": 75.0, "done": 3, "total": 4, "message": "more"}
+    assert [e["event"] for e in job["events"]] == ["job.started", "job.progress", "job.progress"]
+    # And a new attempt starts with none
+    history.record([ev.new_event("job.started", origin, 4, **{**fields, "attempt": 2})])
+    assert history.job("j1")["progress"] is None
+
+
+def test_events_wait_for_a_broker_that_comes_back(tmp_path):
+    # Given a worker's event channel whose broker refuses the first three connections
+    class Flaky:
+        name, queue, bindings, concurrency, processed = "w-flaky", "q", ("q.#",), 1, 0
+        settings = settings_for(f"sqlite:///{tmp_path / 'x.sqlite3'}", "q")
+
+    url = f"sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with connect(url) as broker:
+        broker.declare_event_queue("monitor")
+    tries = []
+
+    def opener(_: str) -> Broker:
+        tries.append(time.monotonic())
+        if len(tries) <= 3:
+            raise BrokerError("connection refused")
+        return connect(url)
+
+    worker = Flaky()
+    out = WorkerEvents(worker, heartbeat=60, buffer=50, opener=opener,
+                       spool=leftovers.spool_for(url, tmp_path / "spool"))
+    out.start()
+    # When it emits an event
+    out.emit("job.started", job="echo", job_id="j1")
+    # Then it is published once the broker is back, after waits that grow (0.5 s, 1 s, 2 s)
+    reader = Reader(url, "monitor")
+    try:
+        got = reader.wait_until(lambda got: any(b'"j1"' in e.body for e in got))
+    finally:
+        reader.close()
+    assert len(tries) == 4 and len(got) >= 1
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.9 and gaps[2] >= 1.8, gaps
+    assert out.dropped == 0

@@ -202,3 +202,22 @@ def test_submit_many_results_can_be_awaited(client, plugins, settings_factory, r
         handles = client.submit_many([{"job": "echo", "params": {"text": str(i)}, "route": route, "wait": True}
                                       for i in range(5)])
         assert [h.wait(30).value["text"] for h in handles] == [str(i) for i in range(5)]
+
+
+@pytest.mark.parametrize("asked", [86400.0, None])
+def test_a_submitter_cannot_raise_the_operators_timeout(client, plugins, settings_factory, route, asked):
+    # Given an operator who capped a job type at 1 s ([jobs.napper.sandbox] timeout = "1s")
+    settings = settings_factory(route, jobs={"napper": {"sandbox": {"timeout": "1s"}}})
+    with running_worker(settings, plugins):
+        # When a submitter asks for a day (or for nothing) for a job that needs 30 s
+        result = client.submit("napper", {"seconds": "30"}, route=route, wait=True,
+                               timeout=asked).wait(60, raise_on_failure=False)
+    # Then the cap holds: the job is stopped after 1 s
+    assert not result.ok and "timed out after 1s" in result.error, result.error
+
+
+def test_a_submitter_may_ask_for_less_time(client, plugins, settings_factory, route):
+    with running_worker(settings_factory(route), plugins):
+        result = client.submit("napper", {"seconds": "30"}, route=route, wait=True,
+                               timeout=1.0).wait(60, raise_on_failure=False)
+    assert not result.ok and "timed out after 1s" in result.error, result.error

@@ -70,7 +70,7 @@ def monitor(
     admin_token: tuple[str, ...], read_token: tuple[str, ...],
 ) -> None:
     """Record job and worker events; serve a live dashboard, a JSON API and /metrics."""
-    from runner import store_url
+    from runner import Notifier, store_url
     from runner.signing import signer_from_settings
     from runner_monitor.service import Monitor
 
@@ -78,8 +78,11 @@ def monitor(
     settings = _settings()
     path = db or default_db()
 
+    notify = Notifier()
+
     def ready(url: str) -> None:
         click.echo(f"runner monitor on {url} (events from {queue}, history in {path})")
+        notify.ready(f"serving {url}")
 
     Monitor(
         broker_url=settings.broker_url, db=path, listen=listen, retention=retention,

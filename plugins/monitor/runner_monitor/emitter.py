@@ -115,6 +115,18 @@ class Emitter:
         )
 
     @hookimpl
+    def job_released(self, job: Any, message: Any, reason: str, worker: Any) -> None:
+        out = self.events_of(worker)
+        out.emit("job.released", **_job_fields(job.name, message, out.queue), reason=reason)
+        out.job_done(message.id)
+
+    @hookimpl
+    def job_revoked(self, job: Any, message: Any, worker: Any) -> None:
+        out = self.events_of(worker)
+        out.emit("job.revoked", **_job_fields(message.job, message, out.queue))
+        out.job_done(message.id)
+
+    @hookimpl
     def job_dead(self, job: Any, message: Any, reason: str, result: Any, worker: Any) -> None:
         out = self.events_of(worker)
         fields: dict[str, Any] = {"job_id": None, "job": None, "queue": out.queue}

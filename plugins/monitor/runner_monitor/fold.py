@@ -19,8 +19,12 @@ def fold(db: sqlite3.Connection, e: Mapping[str, Any]) -> None:
     name = str(e["event"])
     if name.startswith("worker."):
         _fold_worker(db, name.split(".", 1)[1], e)
-    elif name.startswith("job.") and e.get("job_id") and name != "job.progress":
-        # Progress is live information for whoever follows the events; the history keeps states.
+    elif name == "job.progress" and e.get("job_id"):
+        # The latest progress goes on the job (its timeline has every report): no state change.
+        progress = {k: e[k] for k in ("percent", "done", "total", "message") if k in e}
+        db.execute("UPDATE jobs SET progress = ? WHERE id = ? AND state = 'started'",
+                   (js(progress), str(e["job_id"])))
+    elif name.startswith("job.") and e.get("job_id"):
         _fold_job(db, name.split(".", 1)[1], e)
 
 
@@ -52,10 +56,12 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
         if e.get("attempt") is not None:
             sets["attempt"] = e["attempt"]
         new_state = {"failed": "failed" if e.get("final") else "retrying",
-                     "retried": "retrying", "resubmitted": "queued"}.get(state, state)
+                     "retried": "retrying", "resubmitted": "queued",
+                     "released": "queued"}.get(state, state)
         sets["state"] = new_state
         if state == "started":
-            sets.update(started_at=ts, finished_at=None, duration=None, retry_delay=None)
+            sets.update(started_at=ts, finished_at=None, duration=None, retry_delay=None,
+                        progress=None)
         elif state in ("succeeded", "failed"):
             sets.update(
                 finished_at=ts, duration=e.get("duration"), exit_code=e.get("exit_code"),
@@ -72,6 +78,8 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
             sets["dead_reason"] = e.get("reason")
             if e.get("params") is not None:
                 sets["params"] = js(e["params"])
+        elif state == "released":  # back in the queue: no worker has it now
+            sets.update(worker=None, error=f"stopped and handed back: {e.get('reason')}")
         elif state == "resubmitted":
             sets.update(attempt=1, dead_reason=None, worker=None, retry_delay=None, completed=None)
     if state == "dead" and e.get("error"):
@@ -84,7 +92,7 @@ def _fold_job(db: sqlite3.Connection, state: str, e: Mapping[str, Any]) -> None:
             "INSERT INTO job_counts (job, state, n) VALUES (?, ?, 1) "
             "ON CONFLICT (job, state) DO UPDATE SET n = n + 1", (e["job"], state),
         )
-    if state in ("started", "succeeded", "failed", "dead"):
+    if state in ("started", "succeeded", "failed", "dead", "released", "revoked"):
         _track_slot(db, state, e)
 
 

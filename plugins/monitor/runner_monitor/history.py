@@ -25,13 +25,15 @@ from typing import Any
 from runner.errors import RunnerError
 from runner_monitor.fold import fold
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each completed run of a job is counted, and a run of an attempt that had already completed
 # (a redelivery after its outcome was out: a lost ack, a broker restart) is a repeat.
 MIGRATIONS = {2: ("ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0",
                   "ALTER TABLE jobs ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0",
-                  "ALTER TABLE jobs ADD COLUMN completed TEXT")}
-STATES = ("queued", "received", "started", "retrying", "succeeded", "failed", "dead")
+                  "ALTER TABLE jobs ADD COLUMN completed TEXT"),
+              # The last progress a running job reported (percent, done/total, message).
+              3: ("ALTER TABLE jobs ADD COLUMN progress TEXT",)}
+STATES = ("queued", "received", "started", "retrying", "succeeded", "failed", "dead", "revoked")
 LOST_AFTER = 3  # missed heartbeats before a worker that said nothing counts as lost
 
 SCHEMA = """
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration REAL, params TEXT, files TEXT, options TEXT, error TEXT, traceback TEXT,
     stdout TEXT, stderr TEXT, exit_code INTEGER, outputs TEXT, value TEXT, history TEXT,
     dead_reason TEXT, retry_delay REAL, runs INTEGER NOT NULL DEFAULT 0,
-    repeats INTEGER NOT NULL DEFAULT 0, completed TEXT);
+    repeats INTEGER NOT NULL DEFAULT 0, completed TEXT, progress TEXT);
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, updated);
 CREATE TABLE IF NOT EXISTS workers (
@@ -61,7 +63,7 @@ CREATE TABLE IF NOT EXISTS job_counts (
 CREATE TABLE IF NOT EXISTS durations (
     job TEXT PRIMARY KEY, buckets TEXT NOT NULL, sum REAL NOT NULL, count INTEGER NOT NULL);
 """
-JSON_COLUMNS = ("params", "files", "options", "outputs", "value", "history")
+JSON_COLUMNS = ("params", "files", "options", "outputs", "value", "history", "progress")
 
 
 class History:
@@ -267,6 +269,15 @@ class History:
 
     def queue_names(self) -> list[str]:
         return [r["name"] for r in self._rows("SELECT name FROM queues ORDER BY name")]
+
+    def outcomes(self, since: float) -> list[dict[str, Any]]:
+        """Attempts that ended since ``since``: ``ts``, ``event`` (``job.succeeded``,
+        ``job.failed``, ``job.dead``), ``job`` and ``duration``, oldest first (for charts)."""
+        return self._rows(
+            "SELECT ts, event, json_extract(body, '$.job') AS job, "
+            "json_extract(body, '$.duration') AS duration FROM events "
+            "WHERE ts >= ? AND event IN ('job.succeeded', 'job.failed', 'job.dead') ORDER BY ts",
+            (since,))
 
     def counters(self) -> dict[str, Any]:
         """Cumulative numbers for ``/metrics``."""

@@ -35,8 +35,9 @@ class HistoryCollector(Collector):
         counters = self.history.counters()
         jobs = CounterMetricFamily(
             "runner_jobs", "Job events seen, by job type and state (received, started, "
-            "succeeded, failed (every failed attempt), retried, dead, repeated (an attempt that "
-            "completed again: a duplicate run)).", labels=["job", "state"])
+            "succeeded, failed (every failed attempt), retried, dead, released (stopped and handed "
+            "back), revoked, repeated (an attempt that completed again: a duplicate run)).",
+            labels=["job", "state"])
         for row in counters["jobs"]:
             jobs.add_metric([str(row["job"]), str(row["state"])], row["n"])
         yield jobs

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import tenacity
+
 from runner import redact_url
 from runner.broker import Broker, connect
 from runner.spool import Spool
@@ -148,11 +150,47 @@ class WorkerEvents:
         over = time.monotonic() - self._stopping_at > self.grace + 1
         return not self.running or over or self._exiting
 
+    def _retrying(self) -> tenacity.Retrying:
+        """How one event is published: again and again with backoff while the broker is away
+        (new events only fill the buffer meanwhile), until the stopped worker's grace is over."""
+        def over(state: tenacity.RetryCallState) -> bool:
+            if self._worker() is None and self._stopping_at is None:
+                self._stopping_at = time.monotonic()  # the worker object is gone
+            return (self._stopping_at is not None
+                    and time.monotonic() - self._stopping_at > self.grace + STOP_EXTRA)
+
+        def note(state: tenacity.RetryCallState) -> None:
+            if state.attempt_number == 1 and state.outcome is not None:
+                log.warning("cannot publish events (%s); buffering up to %d",
+                            state.outcome.exception(), self.limit)
+
+        return tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=0.5, max=BACKOFF_MAX),
+            stop=over,
+            retry=tenacity.retry_if_not_exception_type(NotImplementedError),
+            before_sleep=note,
+        )
+
     def _run(self) -> None:
         broker: Broker | None = None
-        backoff = 0.5
         next_beat = time.monotonic() + self.interval
-        failing_since: float | None = None
+        retrying = self._retrying()
+
+        def publish(event: dict[str, Any]) -> None:
+            nonlocal broker
+            try:
+                if broker is None:
+                    broker = self._opener(self.url)
+                    self._resend_leftovers(broker)
+                broker.publish_event(ev.to_envelope(event))
+            except NotImplementedError:
+                raise
+            except Exception:
+                if broker is not None:  # the broker is away: a new connection next time
+                    _close(broker)
+                    broker = None
+                raise
+
         try:
             while True:
                 if self._worker() is None and self._stopping_at is None:
@@ -185,29 +223,18 @@ class WorkerEvents:
                 if event is None:
                     continue
                 try:
-                    if broker is None:
-                        broker = self._opener(self.url)
-                        self._resend_leftovers(broker)
-                    broker.publish_event(ev.to_envelope(event))
+                    retrying(publish, event)
                 except NotImplementedError:
                     log.warning("the broker at %s carries no events; events are off", redact_url(self.url))
                     with self._cond:
                         self.dropped += len(self._buffer)
                     return
-                except Exception as exc:  # noqa: BLE001 - the broker is away: keep, back off
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        log.warning("cannot publish events (%s); buffering up to %d", exc, self.limit)
-                    if broker is not None:
-                        _close(broker)
-                        broker = None
-                    time.sleep(backoff)  # not woken by new events: they only fill the buffer
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                if failing_since is not None:
+                except tenacity.RetryError:
+                    with self._cond:
+                        self.dropped += len(self._buffer)
+                    return  # the broker stayed away past the worker's grace: give up
+                if retrying.statistics.get("attempt_number", 1) > 1:
                     log.info("publishing events again (%d dropped so far)", self.dropped)
-                    failing_since = None
-                backoff = 0.5
                 with self._cond:
                     if self._buffer and self._buffer[0] is event:
                         self._buffer.popleft()

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runner.errors import RunnerError, UnroutableError
 from runner_monitor import metrics
+from runner_monitor.stats import stats
 from runner_monitor.auth import ADMIN, COOKIE, Auth, can_post
 from runner_monitor.history import History
 from runner_monitor.stored import Stored
@@ -153,6 +154,13 @@ def create_app(
     def workers(request: Request, who: str) -> Response:
         return JSONResponse({"workers": history.workers()})
 
+    def charts(request: Request, who: str) -> Response:
+        try:
+            window = float(request.query_params.get("window") or 600)
+        except ValueError:
+            return JSONResponse({"error": "window: expected seconds"}, 400)
+        return JSONResponse({**stats(history, window), "generation": history.generation})
+
     def queues(request: Request, who: str) -> Response:
         return JSONResponse({"queues": history.queues()})
 
@@ -196,6 +204,7 @@ def create_app(
         Route("/api/groups/{group_id}", guarded(group)),
         Route("/api/workers", guarded(workers)),
         Route("/api/queues", guarded(queues)),
+        Route("/api/stats", guarded(charts)),
         Route("/api/stream", guarded(stream)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

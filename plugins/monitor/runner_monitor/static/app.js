@@ -265,6 +265,73 @@ async function queuesView() {
 }
 
 // --- rendering and live updates --------------------------------------------------------------
+// --- charts: plain SVG, no library (the dashboard has no build step) --------------------------
+const SVG = "http://www.w3.org/2000/svg";
+const OUTCOME_COLORS = {succeeded: "#2e7d32", failed: "#ef6c00", dead: "#c62828"};
+const WINDOWS = [["600", "10 min"], ["3600", "1 hour"], ["21600", "6 hours"], ["86400", "24 hours"]];
+
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  for (const c of children.flat()) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+function lineChart(id, points, keys, colors, unit) {
+  // points: [{t, key: value...}]; one polyline per key, y from 0 to the largest value.
+  const W = 640, H = 200, L = 48, B = 24, T = 10, R = 10;
+  const top = Math.max(1e-9, ...points.flatMap(p => keys.map(k => p[k] || 0)));
+  const t0 = points.length ? points[0].t : 0, t1 = points.length ? points[points.length - 1].t : 1;
+  const x = t => L + (W - L - R) * ((t - t0) / Math.max(1e-9, t1 - t0));
+  const y = v => T + (H - T - B) * (1 - v / top);
+  const svg = s("svg", {id, viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart",
+                        "aria-label": `${keys.join(", ")} (${unit})`});
+  for (const frac of [0, 0.5, 1]) {
+    svg.append(s("line", {x1: L, x2: W - R, y1: y(top * frac), y2: y(top * frac), class: "grid"}));
+    svg.append(s("text", {x: L - 6, y: y(top * frac) + 4, "text-anchor": "end", class: "axis"},
+                 (top * frac).toPrecision(2)));
+  }
+  svg.append(s("text", {x: L, y: H - 6, class: "axis"}, new Date(t0 * 1000).toLocaleTimeString()));
+  svg.append(s("text", {x: W - R, y: H - 6, "text-anchor": "end", class: "axis"}, "now"));
+  for (const k of keys) {
+    const d = points.map(p => `${x(p.t).toFixed(1)},${y(p[k] || 0).toFixed(1)}`).join(" ");
+    svg.append(s("polyline", {points: d, fill: "none", stroke: colors[k], "stroke-width": 2,
+                              "data-series": k}));
+  }
+  return svg;
+}
+
+function legend(keys, colors, values) {
+  return h("p", {class: "legend"}, keys.map(k => h("span", {"data-series": k},
+    h("i", {style: `background:${colors[k]}`}), ` ${k}`, values ? ` ${values[k]}` : "")));
+}
+
+async function chartsView(params) {
+  const windowS = params.get("window") || "600";
+  const data = await api(`/api/stats?window=${encodeURIComponent(windowS)}`);
+  const totals = {};
+  for (const k of Object.keys(OUTCOME_COLORS)) {
+    totals[k] = `(${Math.round(data.series.reduce((n, p) => n + p[k] * data.step, 0))})`;
+  }
+  const picker = h("select", {name: "window", onchange: e => setHash("/charts", {window: e.target.value})},
+    WINDOWS.map(([v, label]) => h("option", {value: v, selected: v === windowS}, label)));
+  const rows = data.durations.map(d => h("tr", {"data-job": d.job},
+    h("td", {}, d.job), h("td", {class: "num"}, d.n), h("td", {class: "num p50"}, secs(d.p50)),
+    h("td", {class: "num p95"}, secs(d.p95)), h("td", {class: "num"}, secs(d.max)),
+    h("td", {}, h("span", {class: "bar p50", style: `width:${Math.round(100 * d.p50 / Math.max(1e-9, ...data.durations.map(x => x.max)))}%`}),
+               h("span", {class: "bar p95", style: `width:${Math.round(100 * d.p95 / Math.max(1e-9, ...data.durations.map(x => x.max)))}%`}))));
+  return [
+    h("h2", {}, "Jobs per second, by outcome ", picker),
+    legend(Object.keys(OUTCOME_COLORS), OUTCOME_COLORS, totals),
+    lineChart("rate-chart", data.series, Object.keys(OUTCOME_COLORS), OUTCOME_COLORS, "jobs/s"),
+    h("h2", {}, "Duration percentiles, by job type"),
+    data.durations.length
+      ? h("table", {id: "durations"}, h("thead", {}, h("tr", {}, h("th", {}, "job"), h("th", {}, "attempts"),
+            h("th", {}, "p50"), h("th", {}, "p95"), h("th", {}, "max"), h("th", {}, ""))), h("tbody", {}, rows))
+      : h("p", {class: "muted"}, "No attempt has ended in this window."),
+  ];
+}
+
 async function render() {
   const {parts, params} = route();
   const view = parts[0] || "jobs";
@@ -275,6 +342,7 @@ async function render() {
     if (view === "job" && parts[1]) content = await jobView(decodeURIComponent(parts[1]));
     else if (view === "group" && parts[1]) content = await groupView(decodeURIComponent(parts[1]));
     else if (view === "workers") content = await workersView();
+    else if (view === "charts") content = await chartsView(params);
     else if (view === "queues") content = await queuesView();
     else content = await jobsView(params);
   } catch (e) {
@@ -335,6 +403,8 @@ async function main() {
   window.addEventListener("hashchange", render);
   await render();
   startStream();
+  // The charts' time axis moves on even when nothing new happens.
+  setInterval(() => { if (route().parts[0] === "charts") refresh(); }, 5000);
 }
 
 main();
