@@ -232,3 +232,24 @@ def test_relative_links_point_at_existing_files(source, target):
         assert fragment in anchors(resolved), (
             f"{source.relative_to(ROOT)}: link {target!r}: no heading with anchor #{fragment}"
         )
+
+
+def test_the_readme_set_up_commands_work_where_pip_is_externally_managed():
+    """README's two commands, as pasted on a fresh Debian or Ubuntu: no system-wide pip install
+    (PEP 668 refuses it); a virtual environment outside the checkout, created in the same line,
+    whose pip installs runner and whose runner and python are then used; the second is the
+    test command .ci/run runs."""
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```\n(.+?)\n```", setup)
+    assert len(commands) == 2, commands
+    install, tests = commands
+    venv = re.match(r"python3 -m venv (\S+) && ", install)
+    assert venv, install
+    where = venv.group(1)
+    assert not where.startswith((".", "/work")) and "~" in where  # outside the checkout
+    assert f"{where}/bin/pip install -e ." in install and f"{where}/bin/runner run resize" in install
+    assert "fixtures/images/rocket.jpg" in install and (ROOT / "fixtures/images/rocket.jpg").exists()
+    assert re.search(r"(^|&& )pip install", install) is None
+    assert tests == f"bash .ci/setup && {where}/bin/python -m pytest -q"
+    assert f'venv="$HOME/{where.removeprefix("~/")}"' in (ROOT / ".ci" / "setup").read_text()
