@@ -391,19 +391,20 @@ class AmqpBroker(AmqpFleet, Broker):
 
         self._restart_consumer = start
         start()
-        conn = self._conn
-        assert conn is not None
+        live = self._conn
+        assert live is not None
 
         def tick() -> None:
-            if self._conn is conn and conn.is_open:
-                conn.call_later(1.0, tick)
+            current = self._conn
+            if current is not None and current is live and current.is_open:
+                current.call_later(1.0, tick)
 
         # Without a time limit pika returns after each dispatch (a delivery, a settle handed
         # over from a slot, this tick) and sets no timer per call: a timer per call was a heap
         # push and pop per job.  The tick bounds how long a closed channel or a stop goes unseen.
         tick()
         while True:
-            conn.process_data_events(time_limit=None)
+            live.process_data_events(time_limit=None)
             if not ch.is_open:  # closed by RabbitMQ (e.g. consumer_timeout): pika does not raise
                 raise pe.ChannelWrongStateError("the channel was closed by RabbitMQ")
             if self._stopping.is_set():
