@@ -109,7 +109,12 @@ def execute(
     mounts: list[Path] = []
     try:
         if jail is not None and jail.quota and disk:
-            for place in (base / "job", host_logs or base / "log"):
+            places = [base / "job"]
+            if host_logs is None or warm is None:
+                places.append(base / "log")
+            else:  # the slot's log dir keeps its quota tmpfs: each job's files truncate theirs
+                warm.quota_logs(slot, disk)
+            for place in places:
                 place.mkdir(mode=0o700, exist_ok=True)
                 if workdir.mount_quota(place, disk):
                     mounts.append(place)
@@ -150,14 +155,19 @@ def _attempt(
 ) -> Attempt:
     ctx = JobContext(job_id=message.id, job=job.name, attempt=message.attempt, workdir=base / "job")
     owner = jail.uid_for(slot) if jail is not None else None
-    for d in (ctx.workdir, ctx.in_dir, ctx.out_dir, ctx.tmp_dir):
-        d.mkdir(mode=0o700, exist_ok=d == ctx.workdir)  # the work dir may be a quota mount
+    work = f"{base}/job"  # plain strings: this runs for every job
+    for d in (work, f"{work}/in", f"{work}/out", f"{work}/tmp"):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            if d != work:  # the work dir may be a quota mount
+                raise
         if owner is not None:
             os.chown(d, owner, owner)
     if owner is not None:
         # The slot uid (and bwrap, a capability-less root until it drops to that uid) must
         # traverse to the work dir; nobody may list ``base`` or enter its ``log``.
-        os.chmod(ctx.workdir, 0o711)
+        os.chmod(work, 0o711)
         os.chmod(base, 0o711)
     if host_logs is not None:  # the slot's own, outside every job's reach
         logs = host_logs

@@ -23,6 +23,7 @@ and the sweep of what a killed worker left behind.
 from __future__ import annotations
 
 import ctypes
+import functools
 import fcntl
 import logging
 import os
@@ -92,7 +93,7 @@ def private_mounts() -> bool:
     """
     if os.geteuid() != 0:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.unshare(CLONE_NEWNS) != 0:
         log.debug("no private mount namespace: %s", os.strerror(ctypes.get_errno()))
         return False
@@ -104,7 +105,7 @@ def private_mounts() -> bool:
 def mount_quota(path: Path, size: int) -> bool:
     """Mount a tmpfs of ``size`` bytes on the (empty) directory ``path``; False if not allowed."""
     options = f"size={max(size, 1 << 20)},nr_inodes={MAX_INODES},mode=0700".encode()
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
         log.debug("no quota mount on %s: %s", path, os.strerror(ctypes.get_errno()))
         return False
@@ -115,11 +116,11 @@ def share(path: Path) -> bool:
     """Make ``path`` a mount point with shared propagation, so that mounts made beneath it
     later (a job's quota tmpfs) reach sandboxes that bound it earlier (a warm slot host)."""
     if not _mounts_under(path)[-1:] == [str(path).rstrip("/")]:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         if libc.mount(os.fsencode(path), os.fsencode(path), None, MS_BIND, None) != 0:
             log.warning("cannot bind %s onto itself: %s", path, os.strerror(ctypes.get_errno()))
             return False
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.mount(b"none", os.fsencode(path), None, MS_SHARED, None) != 0:
         log.warning("cannot share mounts under %s: %s", path, os.strerror(ctypes.get_errno()))
         return False
@@ -180,8 +181,14 @@ def remove(path: Path, mounts: list[Path] | None = None) -> None:
         log.warning("could not remove %s: %s", path, done.stderr.decode(errors="replace")[-300:])
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded once: loading it costs more than the mount a warm job's quota needs."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _unmount(path: Path) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
         log.warning("could not unmount %s: %s", path, os.strerror(ctypes.get_errno()))
 

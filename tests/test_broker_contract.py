@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -555,3 +556,57 @@ def test_deleted_queue_is_gone_with_its_messages(broker_factory: BrokerFactory) 
         broker_factory.admin.publish(envelope(f"{route}.resize"))
     with pytest.raises(BrokerError):
         broker_factory.admin.queue_depth(queue)
+
+
+def test_outcomes_settled_together_are_all_published_and_acknowledged(
+    broker_factory: BrokerFactory,
+) -> None:
+    # Given six delivered jobs, all held at once
+    route = broker_factory.route("many")
+    queue = broker_factory.queue(f"{route}.#")
+    jobs = [envelope(f"{route}.resize", headers={"x-runner-attempt": 1}) for _ in range(6)]
+    for job in jobs:
+        broker_factory.admin.publish(job)
+    consumer = broker_factory.consumer(queue)
+    deliveries = [consumer.next() for _ in jobs]
+    # When every one is settled with its next attempt without waiting for the one before
+    futures = [
+        consumer.broker.settle(d, [Outgoing(d.envelope.with_headers(**{"x-runner-attempt": 2}), Target.JOBS)])
+        for d in deliveries
+    ]
+    for delivery, future in zip(deliveries, futures):
+        consumer._unsettled.remove(delivery)
+        assert future.result(WAIT) is None
+    # Then each next attempt arrives once, as a fresh copy, and nothing else comes back
+    again = [consumer.next() for _ in jobs]
+    assert sorted(d.envelope.message_id for d in again) == sorted(j.message_id for j in jobs)
+    assert all(d.envelope.headers["x-runner-attempt"] == 2 and not d.redelivered for d in again)
+    for delivery in again:
+        consumer.settle(delivery)
+    consumer.assert_quiet()
+    consumer.stop()
+    consumer.broker.close()
+    assert broker_factory.admin.queue_depth(queue) == 0
+
+
+def test_a_delivery_whose_outcome_is_returned_comes_back(broker_factory: BrokerFactory) -> None:
+    if broker_factory.name != "amqp":
+        pytest.skip("RabbitMQ returns unroutable mandatory messages; the embedded broker has no routes to miss")
+    # Given a delivered job
+    route = broker_factory.route("lost")
+    queue = broker_factory.queue(f"{route}.#")
+    job = envelope(f"{route}.resize", headers={"x-runner-attempt": 1})
+    broker_factory.admin.publish(job)
+    consumer = broker_factory.consumer(queue)
+    delivery = consumer.next()
+    # When its outcome (a retry) goes to a queue that does not exist, so RabbitMQ returns it
+    nowhere = replace(delivery, queue=f"{queue}.missing")
+    consumer._unsettled.remove(delivery)
+    with pytest.raises(UnroutableError):
+        consumer.broker.settle(nowhere, [Outgoing(job, Target.JOBS)]).result(WAIT)
+    # Then the delivery was not acknowledged: RabbitMQ delivers the job again
+    again = consumer.next()
+    assert again.envelope.message_id == job.message_id
+    assert again.redelivered
+    consumer.settle(again)
+    consumer.stop()

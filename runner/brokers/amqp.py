@@ -52,6 +52,7 @@ from runner.broker import (
     Target,
 )
 from runner.brokers.amqp_batch import ConfirmBatch
+from runner.brokers.amqp_settle import Publish, SettleChannel
 from runner.brokers.amqp_wire import (  # noqa: F401 - re-exported
     CONNECTION_ERRORS,
     H_DEAD_REASON,
@@ -123,6 +124,7 @@ class AmqpBroker(AmqpFleet, Broker):
         self._consumer: tuple[BlockingChannel, str] | None = None
         self._inboxes: list[_AmqpInbox] = []
         self._batch: ConfirmBatch | None = None
+        self._settle_ch: SettleChannel | None = None
         self._leaders: dict[str, int] = {}  # leadership name -> connection generation holding it
 
     # --- connection -------------------------------------------------------------------------
@@ -154,6 +156,9 @@ class AmqpBroker(AmqpFleet, Broker):
         return f"amqp://{p.host}:{p.port}/{p.virtual_host.lstrip('/')}"
 
     def _drop_connection(self) -> None:
+        settler, self._settle_ch = self._settle_ch, None
+        if settler is not None:  # their deliveries go with the connection: delivered again
+            settler.fail(StaleDelivery("the connection to RabbitMQ was lost; delivered again"))
         conn, self._conn, self._ch = self._conn, None, None
         if conn is not None and conn.is_open:
             try:
@@ -244,6 +249,16 @@ class AmqpBroker(AmqpFleet, Broker):
         ch = self._ch if self._consuming else self._channel()
         if ch is None:
             raise StaleDelivery("the connection to RabbitMQ was lost")
+        try:
+            ch.basic_publish(exchange, key, env.body, self._wire(exchange, key, env, headers),
+                             mandatory=mandatory)
+        except pe.UnroutableError:
+            raise UnroutableError(key) from None
+        except pe.NackError as exc:
+            raise BrokerError(f"RabbitMQ refused message {env.message_id}: {exc}") from exc
+
+    def _wire(self, exchange: str, key: str, env: Envelope, headers: dict[str, Any]) -> pika.BasicProperties:
+        """The properties ``env`` goes out with, or BrokerError when its headers are too big."""
         if exchange == "" and key != env.routing_key:
             # Sent straight to a queue (retry, delay, dead letter): keep the job's own key.
             headers[H_ROUTING_KEY] = env.routing_key
@@ -252,14 +267,7 @@ class AmqpBroker(AmqpFleet, Broker):
             # connection, and every job in flight on it would run again.
             raise BrokerError(f"the headers of message {env.message_id} are over "
                               f"{bounded.FRAME_BUDGET} bytes; not sent")
-        try:
-            ch.basic_publish(
-                exchange, key, env.body, self._props(env, **headers), mandatory=mandatory
-            )
-        except pe.UnroutableError:
-            raise UnroutableError(key) from None
-        except pe.NackError as exc:
-            raise BrokerError(f"RabbitMQ refused message {env.message_id}: {exc}") from exc
+        return self._props(env, **headers)
 
     def publish(self, envelope: Envelope, delay: float = 0.0) -> None:
         extra = {}
@@ -393,8 +401,20 @@ class AmqpBroker(AmqpFleet, Broker):
 
         self._restart_consumer = start
         start()
+        live = self._conn
+        assert live is not None
+
+        def tick() -> None:
+            current = self._conn
+            if current is not None and current is live and current.is_open:
+                current.call_later(1.0, tick)
+
+        # Without a time limit pika returns after each dispatch (a delivery, a settle handed
+        # over from a slot, this tick) and sets no timer per call: a timer per call was a heap
+        # push and pop per job.  The tick bounds how long a closed channel or a stop goes unseen.
+        tick()
         while True:
-            self._conn.process_data_events(time_limit=1)  # type: ignore[union-attr]
+            live.process_data_events(time_limit=None)
             if not ch.is_open:  # closed by RabbitMQ (e.g. consumer_timeout): pika does not raise
                 raise pe.ChannelWrongStateError("the channel was closed by RabbitMQ")
             if self._stopping.is_set():
@@ -476,8 +496,25 @@ class AmqpBroker(AmqpFleet, Broker):
     def settle(
         self, delivery: Delivery, outgoing: Sequence[Outgoing] = (), requeue: bool = False
     ) -> Future[None]:
+        """Publish the outcome on the settle channel; acknowledge once all of it is confirmed.
+
+        The connection's thread does not wait for the confirms (:mod:`runner.brokers.amqp_settle`):
+        the returned future completes from the confirm callback, after the ``basic_ack``.
+        """
         future: Future[None] = Future()
         tag: _Tag = delivery.tag
+
+        def done(error: BaseException | None) -> None:
+            if error is None and tag.generation == self._generation and self._ch is not None \
+                    and self._ch.is_open:
+                self._ch._impl.basic_ack(tag.delivery_tag)  # noqa: SLF001 - no flush in a callback
+                self._unsettled -= 1
+                future.set_result(None)
+                return
+            self._give_back(tag, flush=False)
+            future.set_exception(error or StaleDelivery(
+                f"the connection of delivery {delivery.envelope.message_id} was lost; "
+                "RabbitMQ delivers it again"))
 
         def work() -> None:
             if tag in self._detached:
@@ -489,23 +526,27 @@ class AmqpBroker(AmqpFleet, Broker):
                         f"the connection of delivery {delivery.envelope.message_id} was lost; "
                         "RabbitMQ delivers it again"
                     )
-                for out in outgoing:
-                    self._send(delivery.queue, out)
+                messages = [self._route(delivery.queue, out) for out in outgoing]
                 if requeue:
                     if self._stopping.is_set():
                         self._cancel_consumer()
                     # A fresh copy, so that a deliberate requeue (shutdown) is not counted as a
                     # crash the way a redelivery would be.
-                    self._publish_raw("", delivery.queue, delivery.envelope, True)
-                self._ch.basic_ack(tag.delivery_tag)
-                self._unsettled -= 1
-                future.set_result(None)
+                    messages.append(self._route(delivery.queue, Outgoing(delivery.envelope, Target.JOBS)))
+                self._settler().send(messages, done)
             except BaseException as exc:  # noqa: BLE001 - reported through the future
                 self._give_back(tag)
                 future.set_exception(exc)
 
         self._call_soon(work, future, "settle")
         return future
+
+    def _settler(self) -> SettleChannel:
+        """The settle channel of the current connection, opened on first use."""
+        if self._settle_ch is None or self._settle_ch.conn is not self._conn or not self._settle_ch.usable:
+            assert self._conn is not None
+            self._settle_ch = SettleChannel(self._conn)
+        return self._settle_ch
 
     def _settle_detached(
         self, delivery: Delivery, outgoing: Sequence[Outgoing], requeue: bool, future: Future[None]
@@ -597,31 +638,51 @@ class AmqpBroker(AmqpFleet, Broker):
         except Exception:
             log.debug("progress reply dropped", exc_info=True)
 
-    def _give_back(self, tag: _Tag) -> None:
-        """A settle failed half-way: return the delivery so that it is delivered again."""
+    def _give_back(self, tag: _Tag, flush: bool = True) -> None:
+        """A settle failed half-way: return the delivery so that it is delivered again.
+
+        ``flush=False`` from a confirm callback, inside pika's I/O loop, which sends the frame.
+        """
         if tag.generation == self._generation and self._ch is not None and self._ch.is_open:
             try:
-                self._ch.basic_nack(tag.delivery_tag, requeue=True)
+                if flush:
+                    self._ch.basic_nack(tag.delivery_tag, requeue=True)
+                else:
+                    self._ch._impl.basic_nack(tag.delivery_tag, requeue=True)  # noqa: SLF001
                 self._unsettled -= 1
             except Exception:  # the channel is going away: RabbitMQ requeues it anyway
                 log.debug("could not nack delivery %s", tag.delivery_tag, exc_info=True)
 
     def _send(self, queue: str, out: Outgoing) -> None:
+        """Publish one outgoing message and wait for its confirm (the rare paths: handover)."""
+        exchange, key, body, props, mandatory = self._route(queue, out)
+        ch = self._ch
+        if ch is None:
+            raise StaleDelivery("the connection to RabbitMQ was lost")
+        try:
+            ch.basic_publish(exchange, key, body, props, mandatory=mandatory)
+        except pe.UnroutableError:
+            raise UnroutableError(key) from None
+        except pe.NackError as exc:
+            raise BrokerError(f"RabbitMQ refused message {out.envelope.message_id}: {exc}") from exc
+
+    def _route(self, queue: str, out: Outgoing) -> Publish:
+        """Where an outgoing message of a delivery from ``queue`` goes, and how."""
         env = out.envelope
+        extra: dict[str, Any] = {}
         if out.target is Target.JOBS:
             # A retry goes back to the queue it came from, directly or through a delay queue.
-            target = self._delay_queue(queue, out.delay) if out.delay > 0 else queue
-            extra = {}
+            exchange, key, mandatory = "", self._delay_queue(queue, out.delay) if out.delay > 0 else queue, True
             if out.delay * 1000 > MAX_DELAY_MS:  # longer than one park: re-parked until due
                 extra[H_NOT_BEFORE] = int((time.time() + out.delay) * 1000)
-            self._publish_raw("", target, env, True, **extra)
         elif out.target is Target.DEAD:
-            self._publish_raw("", DEAD_QUEUE, env, True)
+            exchange, key, mandatory = "", DEAD_QUEUE, True
         elif out.target is Target.REPLY:
             # Not mandatory: a client that stopped waiting is not an error.
-            self._publish_raw("", env.routing_key, env, False)
+            exchange, key, mandatory = "", env.routing_key, False
         else:
-            self._publish_raw(EVENTS_EXCHANGE, env.routing_key, env, False)
+            exchange, key, mandatory = EVENTS_EXCHANGE, env.routing_key, False
+        return exchange, key, env.body, self._wire(exchange, key, env, extra), mandatory
 
     # --- dead letters -----------------------------------------------------------------------
     def _scan_dead(self, take: str | None, limit: int) -> tuple[list[Envelope], Envelope | None]:

@@ -122,6 +122,8 @@ class JobCgroup:
     host: CgroupHost
     name: str
     dirs: list[Path] = field(default_factory=list)
+    # (counter, file, key in it): read after every warm job, so built once, as plain strings.
+    _counter_files: list[tuple[str, str, str]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, host: CgroupHost, slot: int, memory: int | None, processes: int | None) -> JobCgroup:
@@ -199,7 +201,20 @@ class JobCgroup:
 
     def counters(self) -> dict[str, int]:
         """``oom_kills`` and ``pids_max_hits`` so far: :meth:`stats` without the memory peak."""
-        return {k: v for k, v in self.stats(peak=False).items() if k != "memory_peak"}
+        if self._counter_files is None:
+            files = []
+            if self.host.memory is not None:
+                name = "memory.events" if self.host.memory_v2 else "memory.oom_control"
+                files.append(("oom_kills", str(self.host.memory / self.name / name), "oom_kill"))
+            if self.host.pids is not None:
+                files.append(("pids_max_hits", str(self.host.pids / self.name / "pids.events"), "max"))
+            self._counter_files = files
+        out = {}
+        for counter, path, key in self._counter_files:
+            value = _read_key(path, key)
+            if value is not None:
+                out[counter] = value
+        return out
 
     def stats(self, peak: bool = True) -> dict[str, int]:
         """``oom_kills``, ``pids_max_hits`` and ``memory_peak`` (bytes), where the host tells."""
@@ -270,6 +285,23 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _read_key(path: str, key: str) -> int | None:
+    """The value of ``key`` in a flat-keyed cgroup file (``key value`` lines), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    for line in data.split(b"\n"):
+        name, _, value = line.partition(b" ")
+        if name == key.encode() and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _read_kv(path: Path) -> dict[str, int]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import random
@@ -352,6 +353,9 @@ def main(argv: list[str]) -> int:
             __import__(module)
         except BaseException as exc:  # noqa: BLE001 - a broken plugin fails its own jobs, later
             failed[module] = f"{type(exc).__name__}: {exc}"
+    # What the host imported stays put: a forked job's garbage collector then never walks
+    # (and writes to) those objects, so it does not copy the host's pages one by one.
+    gc.freeze()
     _send(ctl, op="ready", failed=failed)
     while True:
         data, ancdata, _flags, _addr = ctl.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4))

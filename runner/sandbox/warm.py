@@ -19,6 +19,7 @@ take the cold path, an exec chain per job (:func:`runner.sandbox.run.run`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,6 +64,16 @@ class HostKey:
     def of(cls, job: JobType) -> HostKey:
         kind = "function" if job.function is not None else "argv"
         return cls(kind, replace(job.sandbox, cpu_seconds=None, output_limit=0))
+
+
+@contextlib.contextmanager
+def _created(path: Path) -> Iterator[int]:
+    """A descriptor of ``path``, created or truncated (the job's output file), closed after."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 class SlotHost:
@@ -108,8 +119,8 @@ class SlotHost:
             cgroup = JobCgroup.create(jail.report.cgroups, slot, profile.memory, processes)
         link = None
         try:
-            with out_path.open("wb") as out, err_path.open("wb") as err:
-                sent = [out.fileno(), err.fileno(), *fds]
+            with _created(out_path) as out, _created(err_path) as err:
+                sent = [out, err, *fds]
                 request = {"op": "run", "kind": kind, "argv": list(argv), "cwd": str(cwd),
                            "env": dict(env), "limits": limits, "handshake": cgroup is not None}
                 if cgroup is not None:
@@ -231,6 +242,9 @@ class WarmSlots:
                 self._modules.setdefault(HostKey.of(job), set()).add(job.function.partition(":")[0])
         self._lock = threading.Lock()
         self._shared: set[int] = set()  # slots whose jobs dir propagates mounts to the host
+        self._log_quota: dict[int, int] = {}  # slot -> size of the quota tmpfs on its log dir
+        self._dirs = [(workroot / f"slot-{n}", workroot / f"log-{n}") for n in range(slots)]
+        self._keys: dict[str, tuple[JobType, HostKey]] = {}  # job type -> its host key
         self._trash = workroot / "trash"
         self._trash_made = False
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
@@ -241,22 +255,32 @@ class WarmSlots:
         """Take a finished job's directory out of the slot at once; remove it off the job path.
 
         One rename instead of a dozen directory removals before the outcome goes out: on a disk
-        that RabbitMQ keeps busy with fsyncs, each removal can cost a millisecond.
+        that RabbitMQ keeps busy with fsyncs, each removal can cost a millisecond.  Where the
+        slot's jobs dir is a mount of its own (shared for quota mounts) the rename cannot leave
+        it; the job's tree was then a quota tmpfs, unmounted already, and two ``rmdir`` remove
+        what is left.  Its quota mounts are unmounted before: nothing is mounted under it.
         """
         if not self._trash_made:
             self._trash.mkdir(mode=0o700, exist_ok=True)
             self._trash_made = True
+        path = str(base)
         try:
-            gone = self._trash / base.name
-            base.rename(gone)
+            gone = f"{self._trash}/{base.name}"
+            os.rename(path, gone)
         except OSError:
-            workdir.remove(base)
+            try:
+                os.rmdir(f"{path}/job")
+                os.rmdir(path)
+            except OSError:
+                workdir.remove(base, [])
             return
-        self._doomed.put(gone)
+        self._doomed.put(Path(gone))
 
     def _sweep_trash(self) -> None:
         while (path := self._doomed.get()) is not None:
-            workdir.remove(path)  # no recursion limit: a job may leave a very deep tree
+            # No recursion limit: a job may leave a very deep tree.  Nothing is mounted there
+            # (:meth:`discard`), so the mount table is not read.
+            workdir.remove(path, [])
 
     @staticmethod
     def supported(jail: Jail | None) -> str | None:
@@ -276,15 +300,34 @@ class WarmSlots:
             raise AssertionError("warm slots without a PID namespace need a slot uid")
         return f"uid:{uid}"
 
+    def quota_logs(self, slot: int, size: int) -> None:
+        """Mount a quota tmpfs of ``size`` on the slot's log dir, once (again if the size changes).
+
+        Only the worker reaches that dir (the job holds descriptors to its own output files);
+        each job's output files are truncated when they are opened for it, so the space the
+        last job used is free again: no mount and unmount per job.
+        """
+        if self._log_quota.get(slot) == size:
+            return
+        path = self.logs_dir(slot)
+        if self._log_quota.pop(slot, None) is not None:
+            workdir.unmount([path])
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if workdir.mount_quota(path, size):
+            self._log_quota[slot] = size
+
     def jobs_dir(self, slot: int) -> Path:
-        return self.workroot / f"slot-{slot}"
+        return self._dirs[slot][0]
 
     def logs_dir(self, slot: int) -> Path:
-        return self.workroot / f"log-{slot}"
+        return self._dirs[slot][1]
 
     def host_for(self, slot: int, job: JobType) -> SlotHost | None:
         """The warm host that runs ``job`` in ``slot``, started or rebuilt as needed."""
-        key = HostKey.of(job)
+        known = self._keys.get(job.name)
+        if known is None or known[0] is not job:  # one key per job type, not one per job
+            known = self._keys[job.name] = (job, HostKey.of(job))
+        key = known[1]
         cache = self._hosts[slot]
         host = cache.get(key)
         if host is not None and not self._fresh(slot, key, host):
