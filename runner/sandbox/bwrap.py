@@ -104,12 +104,22 @@ def command(
             argv += ["--size", str(tmp_size)]
         argv += ["--tmpfs", private]
     made: set[str] = set()
+    # A module bound alone under /tmp: its directory (on the job's import path) would be a
+    # writable directory of the private /tmp.  Each such directory is a tmpfs of its own,
+    # mounted before any bind (shallowest first) and made read-only at the end, so a job
+    # cannot plant modules beside the bound one.
+    sealed = sorted({os.path.dirname(p) for p in read_only
+                     if _in_private(os.path.dirname(p)) and os.path.isfile(p)}, key=len)
+    for parent in sealed:
+        argv += [*_parents(os.path.join(parent, "-"), made), "--tmpfs", parent]
     for path in read_only:
         if not path.startswith("/usr/"):
             argv += [*_parents(path, made), "--ro-bind", path, path]
     argv += [*_parents(str(workdir), made), "--bind", str(workdir), str(workdir)]
     for source, destination in binds:
         argv += [*_parents(destination, made), "--ro-bind", source, destination]
+    for parent in sealed:
+        argv += ["--remount-ro", parent]
     # The skeleton bwrap built (the root, the directories above binds, /dev) is read-only: a
     # job writes only its work dir, /tmp and /dev/shm, which a warm slot host empties between
     # jobs (unprivileged, the skeleton belongs to the job's own uid).
@@ -117,6 +127,11 @@ def command(
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", *inner]
+
+
+def _in_private(directory: str) -> bool:
+    """Whether ``directory`` lies inside the job's private /tmp or /dev/shm (not one of them)."""
+    return any(directory.startswith(private + "/") for private in ("/tmp", "/dev/shm"))
 
 
 def _parents(path: str, made: set[str]) -> list[str]:

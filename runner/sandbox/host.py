@@ -41,7 +41,6 @@ import os
 import random
 import resource
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -210,28 +209,36 @@ def _clear_sysv_ipc() -> None:
 
 
 def _wipe(path: str) -> None:
-    """Remove everything under ``path`` that a job left (modes it changed included)."""
-    try:
-        entries = os.listdir(path)
-    except OSError:
-        return
-    for name in entries:
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            for root, dirs, _files in os.walk(full):
-                for d in dirs:
-                    try:
-                        os.chmod(os.path.join(root, d), 0o700)
-                    except OSError:
-                        pass
+    """Remove everything under ``path`` that a job left (modes it changed included).
+
+    Never into a mount point: the slot's jobs directory (bound read-write) may lie under /tmp,
+    and the worker is already preparing the next job there; read-only binds stay too.  An
+    explicit stack, not recursion: a job may leave a tree thousands of levels deep.
+    """
+    stack = [(path, False)]
+    while stack:
+        current, emptied = stack.pop()
+        if emptied:
+            if current != path:
+                try:
+                    os.rmdir(current)
+                except OSError:
+                    pass  # a skeleton directory that holds a mount point stays
+            continue
+        stack.append((current, True))
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
             try:
-                os.chmod(full, 0o700)
-            except OSError:
-                pass
-            shutil.rmtree(full, ignore_errors=True)
-        else:
-            try:
-                os.unlink(full)
+                if entry.is_dir(follow_symlinks=False):
+                    if os.path.ismount(entry.path):
+                        continue
+                    stack.append((entry.path, False))
+                    os.chmod(entry.path, 0o700)
+                else:
+                    os.unlink(entry.path)
             except OSError:
                 pass
 
